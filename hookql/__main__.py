@@ -1,0 +1,5 @@
+import sys
+
+from hookql.cli import main
+
+sys.exit(main())

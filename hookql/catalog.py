@@ -1,0 +1,284 @@
+"""The hook catalog: the seed documentation (hookql/data/catalog.json, made by
+tools/gen_catalog.py) reconciled with a kernel's BTF.  BTF is the truth for
+signatures; the seeds add descriptions, use cases, seed argument names that
+still fit, and suggestions for hooks the kernel does not have.
+"""
+from __future__ import annotations
+
+import difflib
+import json
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from importlib import resources
+
+from hookql import fields as F
+from hookql import types as T
+from hookql.btf import FuncSig
+from hookql.kernel import Kernel
+
+PROVIDERS = {"kprobe": "kprobe", "k": "kprobe", "kretprobe": "kretprobe", "kr": "kretprobe",
+             "lsm": "lsm", "tracepoint": "tracepoint", "t": "tracepoint", "tp": "tracepoint"}
+PROVIDER_NAMES = ("kprobe", "kretprobe", "lsm", "tracepoint")
+
+
+@dataclass(frozen=True)
+class SeedEntry:
+    seed_file: str
+    seed_name: str
+    provider: str  # kprobe | lsm
+    hook: str  # the kernel's name
+    title: str
+    description_ko: str
+    use_case: str
+    source: str
+    actual_source: str | None
+    seed_args: tuple[tuple[str, str], ...]
+    returns: tuple[str, ...]
+    in_kernels: tuple[str, ...]
+    suggest: str | None
+
+    def seed_decl(self) -> str:
+        args = ", ".join(f"{t}{'' if t.endswith('*') else ' '}{n}" for t, n in self.seed_args)
+        return f"{self.seed_name}({args})"
+
+
+class ProbeError(Exception):
+    def __init__(self, message: str, hint: str | None = None):
+        super().__init__(message)
+        self.hint = hint
+
+
+@dataclass
+class Hook:
+    """A probe resolved on one kernel: what the checker and codegen need."""
+
+    provider: str  # kprobe | kretprobe | lsm | tracepoint
+    name: str  # socket_connect, tcp_sendmsg, syscalls:sys_enter_getsockopt
+    kernel: Kernel
+    btf_func: str | None = None  # tcp_sendmsg, bpf_lsm_socket_connect
+    sig: FuncSig | None = None
+    fields: dict[str, F.Field] = field(default_factory=dict)
+    seeds: list[SeedEntry] = field(default_factory=list)
+    seed_only: dict[str, str] = field(default_factory=dict)  # seed arg the kernel lacks -> seed decl
+    aliases: dict[str, str] = field(default_factory=dict)  # seed arg name -> kernel arg name
+    entry_args: dict[str, str] = field(default_factory=dict)  # kretprobe: args it cannot read -> decl
+    tp_fields_known: bool = True
+
+    @property
+    def probe(self) -> str:
+        return f"{self.provider}:{self.name}"
+
+    @property
+    def retval(self) -> F.Field | None:
+        return self.fields.get("retval")
+
+    @property
+    def can_deny(self) -> bool:
+        return self.provider == "lsm" and self.sig is not None and self.sig.ret.strip().kind != "void"
+
+    def signature(self) -> str:
+        if self.sig is None:
+            return self.probe
+        return self.sig.c_decl().replace(self.sig.name, self.name, 1) if self.provider == "lsm" else self.sig.c_decl()
+
+    def field_names(self) -> list[str]:
+        return list(self.fields)
+
+
+class Catalog:
+    def __init__(self, entries: list[SeedEntry], kernels: dict[str, str]):
+        self.entries = entries
+        self.kernels = kernels
+        self.by_seed_name: dict[tuple[str, str], SeedEntry] = {}
+        self.by_hook: dict[tuple[str, str], list[SeedEntry]] = {}
+        for e in entries:
+            self.by_seed_name.setdefault((e.provider, e.seed_name), e)
+            self.by_hook.setdefault((e.provider, e.hook), []).append(e)
+
+    @classmethod
+    @cache
+    def load(cls) -> "Catalog":
+        data = json.loads((resources.files("hookql") / "data" / "catalog.json").read_text(encoding="utf-8"))
+        entries = []
+        for e in data["entries"]:
+            entries.append(SeedEntry(
+                e["seed_file"], e["seed_name"], e["provider"], e["hook"], e["title"], e["description_ko"],
+                e["use_case"], e["source"], e["actual_source"], tuple(tuple(a) for a in e["seed_args"]),
+                tuple(e["returns"]), tuple(e["in_kernels"]), e["suggest"]))
+        return cls(entries, data["kernels"])
+
+    def hook_names(self, provider: str) -> list[str]:
+        base = "kprobe" if provider == "kretprobe" else provider
+        return sorted({h for (p, h) in self.by_hook if p == base})
+
+    def canonical(self, provider: str, name: str) -> str:
+        """The kernel's name for a hook spelled as in the seeds."""
+        base = "kprobe" if provider == "kretprobe" else provider
+        e = self.by_seed_name.get((base, name))
+        if e:
+            return e.hook
+        if base == "lsm":
+            return name.removeprefix("security_").removeprefix("bpf_lsm_")
+        return name
+
+    # -- resolution ----------------------------------------------------------
+    def resolve(self, provider: str, target: list[str], kernel: Kernel) -> Hook:
+        prov = PROVIDERS.get(provider)
+        if prov is None:
+            close = difflib.get_close_matches(provider, PROVIDER_NAMES, n=1, cutoff=0.5)
+            raise ProbeError(f"unknown probe type '{provider}'; expected kprobe, kretprobe, lsm or tracepoint",
+                             f"did you mean {close[0]}:{':'.join(target)}?" if close else None)
+        if prov == "tracepoint":
+            return self._tracepoint(target, kernel)
+        if len(target) != 1 or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.]*", target[0]):
+            raise ProbeError(f"{prov} probes name one kernel function: {prov}:NAME, not {prov}:{':'.join(target)}")
+        name = self.canonical(prov, target[0])
+        btf_func = f"bpf_lsm_{name}" if prov == "lsm" else name
+        sig = kernel.btf.func(btf_func)
+        if sig is None:
+            raise self._missing(prov, target[0], name, kernel)
+        hook = Hook(prov, name, kernel, btf_func, sig, seeds=self.by_hook.get(("kprobe" if prov == "kretprobe" else prov, name), []))
+        self._fill_fields(hook)
+        return hook
+
+    def _fill_fields(self, hook: Hook) -> None:
+        sig = hook.sig
+        params = [(i, p.name or f"arg{i}", p.type) for i, p in enumerate(sig.params)]
+        sources: list[tuple[int, str, str]] = []
+        ret_kind = sig.ret.strip().kind
+        if hook.provider == "kretprobe":
+            hook.entry_args = {name: ct.c_decl(name) for _, name, ct in params}
+            if ret_kind != "void":
+                hook.fields["retval"] = F.Field("retval", _retval_type(sig.ret), "retval", F.RETVAL_DOC["kretprobe"], index=-1)
+                src = F.classify(sig.ret)
+                if src:
+                    sources.append((-1, "retval", src))
+        else:
+            for i, name, ct in params:
+                hook.fields[name] = F.arg_field(i, name, ct)
+                src = F.classify(ct)
+                if src:
+                    sources.append((i, name, src))
+            if hook.provider == "lsm" and ret_kind != "void":
+                hook.fields["retval"] = F.Field("retval", T.INT(32, True, T.ERRNO, "int"), "retval",
+                                                  F.RETVAL_DOC["lsm"])
+        for name, f in F.derived_fields(hook.name, sources).items():
+            hook.fields.setdefault(name, f)
+        for name, f in F.BUILTINS.items():
+            hook.fields.setdefault(name, f)
+        self._seed_names(hook, params)
+
+    def _seed_names(self, hook: Hook, params) -> None:
+        """Accept a seed's argument name where position and type agree with the
+        kernel (tcp_sendmsg `len` is the kernel's `size`); remember the ones
+        the kernel lacks, to name the real signature when they are used."""
+        kernel_names = {name for _, name, _ in params}
+        for seed in hook.seeds:
+            for i, (stype, sname) in enumerate(seed.seed_args):
+                if not sname or sname in kernel_names:
+                    continue
+                if i < len(params) and _same_type(stype, params[i][2].c_decl()):
+                    hook.aliases.setdefault(sname, params[i][1])
+                else:
+                    hook.seed_only.setdefault(sname, f"{stype}{'' if stype.endswith('*') else ' '}{sname}")
+
+    def _missing(self, prov: str, spelled: str, name: str, kernel: Kernel) -> ProbeError:
+        base = "kprobe" if prov == "kretprobe" else prov
+        entries = self.by_hook.get((base, name)) or ([self.by_seed_name[(base, spelled)]]
+                                                      if (base, spelled) in self.by_seed_name else [])
+        what = "LSM hook" if prov == "lsm" else "kernel function"
+        msg = f"{prov}:{spelled}: no {what} '{name}' on kernel {kernel.label}"
+        for e in entries:
+            if e.suggest:
+                return ProbeError(msg + f"; the seed documents it, but no kernel has it",
+                                  f"use {prov}:{e.suggest} instead")
+            if e.in_kernels:
+                return ProbeError(msg, f"it exists on kernel {', '.join(e.in_kernels)}; check with --kernel {e.in_kernels[-1]}")
+        close = difflib.get_close_matches(name, self.hook_names(prov), n=3, cutoff=0.6)
+        if not close:
+            close = _close_btf_funcs(kernel, name, lsm=prov == "lsm")
+        return ProbeError(msg, f"did you mean {', '.join(f'{prov}:{c}' for c in close)}?" if close else
+                          f"`hookql hooks` lists the catalog's {what}s")
+
+    def _tracepoint(self, target: list[str], kernel: Kernel) -> Hook:
+        if len(target) != 2:
+            raise ProbeError(f"tracepoints are tracepoint:CATEGORY:NAME, not tracepoint:{':'.join(target)}")
+        cat, name = target
+        hook = Hook("tracepoint", f"{cat}:{name}", kernel)
+        tracefs = kernel.tracefs()
+        if tracefs is None:
+            hook.tp_fields_known = False
+        else:
+            fmt = tracefs / "events" / cat / name / "format"
+            try:
+                text = fmt.read_text()
+            except FileNotFoundError:
+                raise _tp_missing(tracefs, cat, name) from None
+            except OSError as exc:
+                raise ProbeError(f"cannot read {fmt}: {exc.strerror}", "run as root to read tracepoint formats")
+            for i, f in enumerate(parse_tp_format(text)):
+                hook.fields[f.name] = f
+        for n, f in F.BUILTINS.items():
+            hook.fields.setdefault(n, f)
+        return hook
+
+
+def _retval_type(ret) -> T.Type:
+    ty = T.from_ctype(ret)
+    if ty.kind == "int" and ty.signed and not ty.display:
+        ty = ty.with_display(T.ERRNO)
+    return ty
+
+
+def _same_type(seed_type: str, kernel_decl: str) -> bool:
+    norm = lambda s: re.sub(r"\s+", " ", s.replace("const ", "")).replace(" *", "*").strip()
+    return norm(seed_type) == norm(kernel_decl)
+
+
+def _close_btf_funcs(kernel: Kernel, name: str, lsm: bool) -> list[str]:
+    """Closest function names in BTF; prefiltered so difflib sees a few hundred."""
+    prefix = "bpf_lsm_" if lsm else ""
+    key = name[:4]
+    cands = []
+    for t in kernel.btf.iter_types():
+        if t.kind == "func" and t.name.startswith(prefix):
+            short = t.name[len(prefix):]
+            if key in short or name in short:
+                cands.append(short)
+    contains = sorted((c for c in cands if name in c), key=len)[:2]
+    close = difflib.get_close_matches(name, cands, n=3, cutoff=0.6)
+    return list(dict.fromkeys(contains + close))[:3]
+
+
+_TP_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>\d)")
+
+
+def parse_tp_format(text: str) -> list[F.Field]:
+    """Fields of a tracefs `format` file, without the common_* header."""
+    out = []
+    for m in _TP_FIELD.finditer(text):
+        decl = m["decl"].strip()
+        dm = re.match(r"^(?P<type>.*?)(?P<name>[A-Za-z_][A-Za-z0-9_]*)(?P<arr>\[\d*\])?$", decl)
+        if not dm:
+            continue
+        name = dm["name"]
+        if name.startswith("common_"):
+            continue
+        ctype = dm["type"].strip() + (dm["arr"] or "")
+        ty = T.tp_field_type(ctype, int(m["size"]), m["signed"] == "1", name + (dm["arr"] or ""))
+        out.append(F.Field(name, ty, "tp", f"tracepoint field: {decl}", offset=int(m["off"])))
+    return out
+
+
+def _tp_missing(tracefs, cat: str, name: str) -> ProbeError:
+    cat_dir = tracefs / "events" / cat
+    if not cat_dir.is_dir():
+        cats = [p.name for p in (tracefs / "events").iterdir() if p.is_dir()]
+        close = difflib.get_close_matches(cat, cats, n=3)
+        return ProbeError(f"no tracepoint category '{cat}' on this kernel",
+                          f"did you mean {', '.join(close)}?" if close else f"categories are listed in {tracefs}/events")
+    names = [p.name for p in cat_dir.iterdir() if p.is_dir()]
+    close = difflib.get_close_matches(name, names, n=3)
+    return ProbeError(f"no tracepoint '{cat}:{name}' on this kernel",
+                      f"did you mean {', '.join(f'tracepoint:{cat}:{c}' for c in close)}?" if close else None)

@@ -1,0 +1,200 @@
+"""`hookql` command line: check, hooks (run, compile and repl come with their stages)."""
+from __future__ import annotations
+
+import argparse
+import fnmatch
+import os
+import sys
+import traceback
+
+from hookql import __version__
+from hookql import kernel as K
+from hookql.catalog import Catalog, Hook, ProbeError
+from hookql.diagnostics import Diagnostic
+from hookql.pipeline import check_source
+from hookql.source import Source
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = _parser()
+    args = ap.parse_args(argv)
+    if not getattr(args, "func", None):
+        ap.print_help()
+        return 2
+    try:
+        return args.func(args)
+    except K.KernelError as exc:
+        print(f"hookql: error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:
+        return 0
+    except Exception as exc:  # the last resort: never a bare traceback for users
+        if os.environ.get("HOOKQL_DEBUG"):
+            traceback.print_exc()
+        print(f"hookql: internal error: {type(exc).__name__}: {exc}\n"
+              "  this is a bug in HookQL; rerun with HOOKQL_DEBUG=1 for details and report it", file=sys.stderr)
+        return 70
+
+
+def _parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="hookql", description="HookQL: a small declarative language for Linux eBPF.")
+    ap.add_argument("--version", action="version", version=f"hookql {__version__}")
+    sub = ap.add_subparsers(metavar="COMMAND")
+
+    def kernel_opts(p):
+        g = p.add_mutually_exclusive_group()
+        g.add_argument("--kernel", metavar="VERSION",
+                       help=f"check against a shipped reference kernel ({', '.join(K.reference_versions())}) "
+                            "instead of the running one")
+        g.add_argument("--btf", metavar="PATH", help="check against this BTF (raw, or a vmlinux ELF with .BTF)")
+
+    p = sub.add_parser("check", help="parse and type-check scripts; nothing is loaded",
+                       description="Parse and type-check scripts against a kernel's BTF. Exit 0 when clean, "
+                                   "1 when there are errors (all of them are printed).")
+    p.add_argument("files", nargs="*", metavar="FILE", help="scripts to check ('-' reads standard input)")
+    p.add_argument("-e", dest="expr", metavar="SCRIPT", help="check this script text instead of files")
+    kernel_opts(p)
+    p.add_argument("-q", "--quiet", action="store_true", help="print nothing when clean")
+    p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.set_defaults(func=cmd_check)
+
+    p = sub.add_parser("hooks", help="list the hook catalog, or describe one hook",
+                       description="List catalog hooks matching PATTERN (a substring or glob of PROVIDER:NAME), "
+                                   "or with -v describe one hook on this kernel.")
+    p.add_argument("pattern", nargs="?", metavar="PATTERN|HOOK")
+    p.add_argument("-v", "--verbose", action="store_true", help="describe HOOK: signature, fields, seed text")
+    kernel_opts(p)
+    p.set_defaults(func=cmd_hooks)
+    return ap
+
+
+# -- check ---------------------------------------------------------------------
+def cmd_check(args) -> int:
+    sources = []
+    if args.expr is not None:
+        sources.append(Source("<-e>", args.expr))
+    for f in args.files:
+        if f == "-":
+            sources.append(Source("<stdin>", sys.stdin.read()))
+            continue
+        try:
+            sources.append(Source.from_path(f))
+        except (OSError, UnicodeDecodeError) as exc:
+            print(f"{f}: error: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+            return 1
+    if not sources:
+        print("hookql check: give a FILE or -e SCRIPT", file=sys.stderr)
+        return 2
+    kern = K.select(args.kernel, args.btf)
+    color = args.color == "always" or (args.color == "auto" and sys.stderr.isatty())
+    errors = warnings = 0
+    for src in sources:
+        result = check_source(src, kern)
+        for d in result.diagnostics.sorted():
+            print(d.render(color), file=sys.stderr)
+        errors += len(result.diagnostics.errors)
+        warnings += len(result.diagnostics) - len(result.diagnostics.errors)
+    if errors:
+        print(f"{errors} error{'s' * (errors != 1)}"
+              + (f", {warnings} warning{'s' * (warnings != 1)}" if warnings else "")
+              + f" (kernel {kern.label})", file=sys.stderr)
+        return 1
+    if not args.quiet:
+        print(f"ok: {len(sources)} script{'s' * (len(sources) != 1)} checked against kernel {kern.label}"
+              + (f", {warnings} warning{'s' * (warnings != 1)}" if warnings else ""), file=sys.stderr)
+    return 0
+
+
+# -- hooks ---------------------------------------------------------------------
+def cmd_hooks(args) -> int:
+    kern = K.select(args.kernel, args.btf)
+    cat = Catalog.load()
+    if args.verbose:
+        if not args.pattern:
+            print("hookql hooks -v: name a hook, e.g. lsm:socket_connect", file=sys.stderr)
+            return 2
+        return _describe_hook(cat, kern, args.pattern)
+    rows = []
+    for (prov, name), entries in sorted(cat.by_hook.items()):
+        probe = f"{prov}:{name}"
+        spellings = [probe] + [f"{prov}:{e.seed_name}" for e in entries]
+        if args.pattern and not any(_matches(args.pattern, s) for s in spellings):
+            continue
+        here = kern.btf.func(f"bpf_lsm_{name}" if prov == "lsm" else name) is not None
+        rows.append((probe, "yes" if here else "NO", ",".join(entries[0].in_kernels) or "-", entries[0].title))
+    if not rows:
+        print(f"no catalog hook matches '{args.pattern}'", file=sys.stderr)
+        return 1
+    w = max(len(r[0]) for r in rows)
+    print(f"{'HOOK':<{w}}  {'HERE':<4}  {'REFERENCE':<9}  DESCRIPTION")
+    for probe, here, refs, title in rows:
+        print(f"{probe:<{w}}  {here:<4}  {refs:<9}  {title}")
+    print(f"\n{len(rows)} hooks; HERE: on kernel {kern.label}. `hookql hooks -v HOOK` describes one.", file=sys.stderr)
+    return 0
+
+
+def _matches(pattern: str, name: str) -> bool:
+    if any(c in pattern for c in "*?["):
+        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.split(":", 1)[1], pattern)
+    return pattern in name
+
+
+def _describe_hook(cat: Catalog, kern: K.Kernel, spec: str) -> int:
+    if ":" in spec:
+        provider, *target = spec.split(":")
+    else:
+        hits = [e for e in cat.entries if spec in (e.seed_name, e.hook)]
+        provider, target = (hits[0].provider if hits else "kprobe"), [spec]
+    try:
+        hook = cat.resolve(provider, target, kern)
+    except ProbeError as exc:
+        print(Diagnostic("error", None, str(exc), exc.hint).render(), file=sys.stderr)
+        return 1
+    _print_hook(hook, cat)
+    return 0
+
+
+def _print_hook(h: Hook, cat: Catalog) -> None:
+    out = print
+    spellings = sorted({e.seed_name for e in h.seeds} - {h.name})
+    out(h.probe + (f"   (seed: {', '.join(spellings)})" if spellings else ""))
+    for e in h.seeds[:1]:
+        out(f"  {e.title}")
+        out(f"  {e.description_ko}")
+        out(f"  Use case: {e.use_case}")
+        src = e.source + (f" (in the kernel: {e.actual_source})" if e.actual_source and e.actual_source != e.source else "")
+        out(f"  Source:   {src}")
+    out(f"  Kernel:   {h.kernel.label}")
+    out(f"  Signature: {h.signature()}")
+    for e in h.seeds:
+        out(f"  Seed ({e.seed_file}): {e.seed_decl()}")
+    if h.seeds:
+        refs = ", ".join(h.seeds[0].in_kernels) or "none"
+        out(f"  Reference kernels with it: {refs}")
+    if h.aliases:
+        out("  Seed names accepted: " + ", ".join(f"{a} = {k}" for a, k in h.aliases.items()))
+    if h.seed_only:
+        out("  Seed arguments this kernel lacks: " + ", ".join(h.seed_only.values()))
+    groups = {"arg": "Arguments", "retval": "Return value", "tp": "Tracepoint fields", "derived": "Network fields",
+              "builtin": "Builtins"}
+    w = max(len(f.name) for f in h.fields.values())
+    tw = max(len(str(f.ty)) for f in h.fields.values())
+    for kind, title in groups.items():
+        fs = [f for f in h.fields.values() if f.kind == kind]
+        if not fs:
+            continue
+        out(f"  {title}:")
+        for f in fs:
+            out(f"    {f.name:<{w}}  {str(f.ty):<{tw}}  {f.doc}")
+    if h.entry_args:
+        out("  (a kretprobe cannot read arguments: " + ", ".join(h.entry_args.values()) + ")")
+    if h.provider == "lsm":
+        out(f"  Can deny: {'yes (with --enforce)' if h.can_deny else 'no, the hook returns void'}")
+    if not h.tp_fields_known:
+        out("  (tracepoint fields are read from tracefs of the running kernel)")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""The fields a hook offers: its arguments, the builtins every probe has, and
+the typed network fields derived from a sock, socket, sockaddr or sk_buff
+argument (or return value).  Codegen reads `Field.kind`/`source`/`recipe`.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from hookql import types as T
+from hookql.types import Type
+
+
+@dataclass(frozen=True)
+class Field:
+    name: str
+    ty: Type
+    kind: str  # arg | builtin | derived | retval | tp
+    doc: str = ""
+    index: int | None = None  # arg: position; derived: position of its source arg (-1: retval)
+    source: str | None = None  # derived: sock | socket | sockaddr | skb
+    recipe: str | None = None  # derived: family | saddr | daddr | sport | dport | addr | port | protocol | state
+    offset: int | None = None  # tp: byte offset in the tracepoint record
+
+
+BUILTINS: dict[str, Field] = {
+    f.name: f for f in (
+        Field("comm", T.string(16), "builtin", "name of the current task (bpf_get_current_comm)"),
+        Field("pid", T.INT(32), "builtin", "process id (tgid) of the current task"),
+        Field("tid", T.INT(32), "builtin", "thread id of the current task"),
+        Field("uid", T.INT(32), "builtin", "real user id of the current task"),
+        Field("gid", T.INT(32), "builtin", "real group id of the current task"),
+        Field("cpu", T.INT(32), "builtin", "CPU the probe runs on"),
+        Field("cgroup", T.INT(64), "builtin", "cgroup v2 id of the current task"),
+        Field("ts", T.INT(64, display=T.NS), "builtin", "monotonic time in nanoseconds (bpf_ktime_get_ns)"),
+    )
+}
+
+RETVAL_DOC = {"kretprobe": "the value the function returns",
+              "lsm": "verdict of the LSM programs before this one (0 = allowed)"}
+
+# Typed network fields and what each needs from its source.
+_SOCK_FIELDS = {
+    "family": (T.INT(16, display=T.AF), "address family (AF_INET, AF_INET6, ...)"),
+    "saddr": (T.addr(), "local address"),
+    "daddr": (T.addr(), "remote address"),
+    "sport": (T.INT(16, display=T.PORT), "local port, host order"),
+    "dport": (T.INT(16, display=T.PORT), "remote port, host order"),
+    "protocol": (T.INT(16, display=T.PROTO), "IP protocol (IPPROTO_TCP, ...)"),
+    "state": (T.INT(8, display=T.TCP_STATE), "TCP state (TCP_ESTABLISHED, ...)"),
+}
+_SKB_FIELDS = {
+    "family": (T.INT(16, display=T.AF), "address family of the packet"),
+    "saddr": (T.addr(), "source address of the packet"),
+    "daddr": (T.addr(), "destination address of the packet"),
+    "sport": (T.INT(16, display=T.PORT), "source port (TCP/UDP), host order"),
+    "dport": (T.INT(16, display=T.PORT), "destination port (TCP/UDP), host order"),
+    "protocol": (T.INT(16, display=T.PROTO), "IP protocol of the packet"),
+}
+_SOCKADDR_FIELDS = {
+    "family": (T.INT(16, display=T.AF), "address family of the sockaddr"),
+    "addr": (T.addr(), "address in the sockaddr"),
+    "port": (T.INT(16, display=T.PORT), "port in the sockaddr, host order"),
+}
+# Integer arguments whose name says how to print them.
+_ARG_DISPLAY = {"family": T.AF, "protocol": T.PROTO, "proto": T.PROTO, "type": T.SOCK_TYPE, "state": T.TCP_STATE}
+
+
+def classify(ctype) -> str | None:
+    """Which network source a BTF type is: sock, socket, sockaddr, skb or None."""
+    t = ctype.strip()
+    if t.kind != "ptr":
+        return None
+    name = t.target.strip().name
+    return {"sock": "sock", "socket": "socket", "sockaddr": "sockaddr", "sk_buff": "skb",
+            "sockaddr_in": "sockaddr", "sockaddr_in6": "sockaddr"}.get(name)
+
+
+def arg_field(index: int, name: str, ctype) -> Field:
+    ty = T.from_ctype(ctype)
+    if ty.kind == "int" and name in _ARG_DISPLAY and not ty.display:
+        ty = ty.with_display(_ARG_DISPLAY[name])
+    return Field(name, ty, "arg", f"argument {index + 1}: {ctype.c_decl(name)}", index=index)
+
+
+def derived_fields(hook_name: str, sources: list[tuple[int, str, str]]) -> dict[str, Field]:
+    """Network fields from (index, arg name, source kind) sources, first source wins.
+
+    A sockaddr gives family/addr/port; on a connect hook these are also
+    daddr/dport (the peer being connected to), on a bind hook saddr/sport.
+    The sockaddr's family wins over the socket's: it is the one being asked for.
+    """
+    out: dict[str, Field] = {}
+
+    def add(name, spec, idx, arg, src, recipe):
+        if name not in out:
+            ty, doc = spec
+            out[name] = Field(name, ty, "derived", f"{doc} (from {arg})", index=idx, source=src, recipe=recipe)
+
+    role = "dst" if "connect" in hook_name else "src" if "bind" in hook_name else None
+    for idx, arg, src in sources:
+        if src != "sockaddr":
+            continue
+        for name, spec in _SOCKADDR_FIELDS.items():
+            add(name, spec, idx, arg, src, name)
+        if role == "dst":
+            add("daddr", _SOCKADDR_FIELDS["addr"], idx, arg, src, "addr")
+            add("dport", _SOCKADDR_FIELDS["port"], idx, arg, src, "port")
+        elif role == "src":
+            add("saddr", _SOCKADDR_FIELDS["addr"], idx, arg, src, "addr")
+            add("sport", _SOCKADDR_FIELDS["port"], idx, arg, src, "port")
+    for idx, arg, src in sources:
+        if src in ("sock", "socket"):
+            for name, spec in _SOCK_FIELDS.items():
+                add(name, spec, idx, arg, src, name)
+    for idx, arg, src in sources:
+        if src == "skb":
+            for name, spec in _SKB_FIELDS.items():
+                add(name, spec, idx, arg, src, name)
+    return out

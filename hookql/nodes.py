@@ -1,0 +1,161 @@
+"""The syntax tree: what the parser builds and the checker annotates.
+
+Each node carries its Span.  Expression nodes get a `ty` (hookql.types) and,
+for names, the `symbol` they resolved to, once checked; codegen reads those.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+from typing import Any
+
+from hookql.source import Span
+
+
+@dataclass(eq=False)
+class Node:
+    span: Span
+
+
+# -- expressions --------------------------------------------------------------
+@dataclass(eq=False)
+class Expr(Node):
+    ty: Any = field(default=None, init=False, repr=False)
+
+
+@dataclass(eq=False)
+class IntLit(Expr):
+    value: int
+
+
+@dataclass(eq=False)
+class DurationLit(Expr):
+    nanoseconds: int
+    text: str
+
+
+@dataclass(eq=False)
+class StrLit(Expr):
+    value: str
+
+
+@dataclass(eq=False)
+class IpLit(Expr):
+    """An address or a CIDR network; network is None if the text is not valid."""
+
+    network: ipaddress.IPv4Network | ipaddress.IPv6Network | None
+    is_cidr: bool
+    text: str
+
+    @property
+    def version(self) -> int:
+        return self.network.version
+
+
+@dataclass(eq=False)
+class SetLit(Expr):
+    items: list[Expr]
+
+
+@dataclass(eq=False)
+class Name(Expr):
+    id: str
+    symbol: Any = field(default=None, init=False, repr=False)
+
+
+@dataclass(eq=False)
+class Member(Expr):
+    obj: Expr
+    name: str
+    name_span: Span
+    path: Any = field(default=None, init=False, repr=False)  # BTF members walked, set by the checker
+
+
+@dataclass(eq=False)
+class Unary(Expr):
+    op: str  # '-', '~', 'not'
+    operand: Expr
+
+
+@dataclass(eq=False)
+class Binary(Expr):
+    op: str  # arithmetic/bit ops, comparisons, 'and', 'or', 'in', 'not in'
+    left: Expr
+    right: Expr
+    op_span: Span
+
+
+# -- actions ------------------------------------------------------------------
+@dataclass(eq=False)
+class Action(Node):
+    pass
+
+
+@dataclass(eq=False)
+class Aggregate(Action):
+    func: str  # count, sum, avg, min, max, hist, lhist
+    func_span: Span
+    args: list[Expr]
+    by: list[Expr]
+
+
+@dataclass(eq=False)
+class Emit(Action):
+    values: list[Expr]
+
+
+@dataclass(eq=False)
+class Deny(Action):
+    errno: Expr | None
+    value: int = field(default=0, init=False)  # the errno, once checked
+
+
+# -- items --------------------------------------------------------------------
+@dataclass(eq=False)
+class Probe(Node):
+    provider: str
+    target: list[str]
+
+    @property
+    def text(self) -> str:
+        return ":".join([self.provider, *self.target])
+
+
+@dataclass(eq=False)
+class Clause(Node):
+    probe: Probe
+    where: Expr | None
+    actions: list[Action]
+    hook: Any = field(default=None, init=False, repr=False)  # catalog.Hook, set by the checker
+
+
+@dataclass(eq=False)
+class Const(Node):
+    name: str
+    name_span: Span
+    value: Expr
+
+
+@dataclass(eq=False)
+class Use(Node):
+    """`use lib.mod` (path is None) or `use "file.hq"` (path set)."""
+
+    name: str | None
+    path: str | None
+
+
+@dataclass(eq=False)
+class Script(Node):
+    items: list[Node]
+
+    @property
+    def clauses(self) -> list[Clause]:
+        return [i for i in self.items if isinstance(i, Clause)]
+
+    @property
+    def consts(self) -> list[Const]:
+        return [i for i in self.items if isinstance(i, Const)]
+
+    @property
+    def uses(self) -> list[Use]:
+        return [i for i in self.items if isinstance(i, Use)]

@@ -1,0 +1,53 @@
+"""Source text and spans: every node and diagnostic points back here."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class Source:
+    """A script's text and the name errors print for it (a path, `<stdin>`, `<repl>`)."""
+
+    name: str
+    text: str
+    _lines: list[str] = field(default_factory=list, compare=False, repr=False)
+
+    @classmethod
+    def from_path(cls, path: str | Path) -> "Source":
+        return cls(str(path), Path(path).read_text(encoding="utf-8"))
+
+    def line(self, lineno: int) -> str:
+        if not self._lines:
+            self._lines.extend(self.text.splitlines() or [""])
+        if 1 <= lineno <= len(self._lines):
+            return self._lines[lineno - 1]
+        return ""
+
+
+@dataclass(frozen=True)
+class Span:
+    """1-based line/column of the first character, and of the end (exclusive)."""
+
+    source: Source
+    line: int
+    col: int
+    end_line: int
+    end_col: int
+
+    def __repr__(self) -> str:
+        return f"Span({self.source.name}:{self.line}:{self.col}-{self.end_line}:{self.end_col})"
+
+    def to(self, other: "Span") -> "Span":
+        """The span from the start of self to the end of other."""
+        return Span(self.source, self.line, self.col, other.end_line, other.end_col)
+
+    @property
+    def text(self) -> str:
+        if self.line == self.end_line:
+            return self.source.line(self.line)[self.col - 1: self.end_col - 1]
+        return self.source.line(self.line)[self.col - 1:]
+
+    @classmethod
+    def of_token(cls, source: Source, tok) -> "Span":
+        return cls(source, tok.line, tok.column, tok.end_line or tok.line, tok.end_column or tok.column + len(tok))
