@@ -217,7 +217,7 @@ class Catalog:
                 raise _tp_missing(tracefs, cat, name) from None
             except OSError as exc:
                 raise ProbeError(f"cannot read {fmt}: {exc.strerror}", "run as root to read tracepoint formats")
-            for i, f in enumerate(parse_tp_format(text)):
+            for f in parse_tp_format(text):
                 hook.fields[f.name] = f
         for n, f in F.BUILTINS.items():
             hook.fields.setdefault(n, f)
@@ -266,7 +266,7 @@ def parse_tp_format(text: str) -> list[F.Field]:
         if name.startswith("common_"):
             continue
         ctype = dm["type"].strip() + (dm["arr"] or "")
-        ty = T.tp_field_type(ctype, int(m["size"]), m["signed"] == "1", name + (dm["arr"] or ""))
+        ty = F.with_name_display(name, T.tp_field_type(ctype, int(m["size"]), m["signed"] == "1", name + (dm["arr"] or "")))
         out.append(F.Field(name, ty, "tp", f"tracepoint field: {decl}", offset=int(m["off"])))
     return out
 

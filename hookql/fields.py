@@ -61,8 +61,15 @@ _SOCKADDR_FIELDS = {
     "addr": (T.addr(), "address in the sockaddr"),
     "port": (T.INT(16, display=T.PORT), "port in the sockaddr, host order"),
 }
-# Integer arguments whose name says how to print them.
-_ARG_DISPLAY = {"family": T.AF, "protocol": T.PROTO, "proto": T.PROTO, "type": T.SOCK_TYPE, "state": T.TCP_STATE}
+# Integer arguments and tracepoint fields whose name says how to print them.
+_NAME_DISPLAY = {"family": T.AF, "protocol": T.PROTO, "proto": T.PROTO, "type": T.SOCK_TYPE, "state": T.TCP_STATE,
+                 "oldstate": T.TCP_STATE, "newstate": T.TCP_STATE, "sport": T.PORT, "dport": T.PORT}
+
+
+def with_name_display(name: str, ty: Type) -> Type:
+    if ty.kind == "int" and not ty.display and name in _NAME_DISPLAY:
+        return ty.with_display(_NAME_DISPLAY[name])
+    return ty
 
 
 def classify(ctype) -> str | None:
@@ -76,9 +83,7 @@ def classify(ctype) -> str | None:
 
 
 def arg_field(index: int, name: str, ctype) -> Field:
-    ty = T.from_ctype(ctype)
-    if ty.kind == "int" and name in _ARG_DISPLAY and not ty.display:
-        ty = ty.with_display(_ARG_DISPLAY[name])
+    ty = with_name_display(name, T.from_ctype(ctype))
     return Field(name, ty, "arg", f"argument {index + 1}: {ctype.c_decl(name)}", index=index)
 
 

@@ -1,0 +1,64 @@
+import os
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from hookql import kernel as K
+from hookql.diagnostics import Diagnostics
+from hookql.pipeline import check_source
+from hookql.source import Source
+
+REPO = Path(__file__).resolve().parent.parent
+EXAMPLES = sorted((REPO / "examples").glob("*.hq"))
+SHARED = REPO.parent / "shared"
+
+
+@pytest.fixture(scope="session")
+def k61():
+    return K.reference("6.1")
+
+
+@pytest.fixture(scope="session")
+def k618():
+    return K.reference("6.18")
+
+
+@pytest.fixture(scope="session")
+def running():
+    if not K.RUNNING_BTF.exists():
+        pytest.skip("this kernel exposes no BTF")
+    return K.running()
+
+
+@pytest.fixture(scope="session")
+def tracefs(running):
+    """The running kernel's tracefs, mounted if we are root and it is not."""
+    if running.tracefs() is None and os.geteuid() == 0:
+        subprocess.run(["mount", "-t", "tracefs", "nodev", "/sys/kernel/tracing"], check=False)
+    path = running.tracefs()
+    if path is None:
+        pytest.skip("tracefs is not available (needs root)")
+    return path
+
+
+def check(text: str, kernel, name: str = "t.hq") -> Diagnostics:
+    """Parse and check text; the diagnostics, in source order."""
+    result = check_source(Source(name, text), kernel)
+    return Diagnostics(result.diagnostics.sorted())
+
+
+def errors(text: str, kernel) -> list:
+    return [d for d in check(text, kernel) if d.is_error]
+
+
+def one_error(text: str, kernel):
+    errs = errors(text, kernel)
+    assert len(errs) == 1, "\n".join(d.render() for d in errs) or "no error"
+    return errs[0]
+
+
+def hookql_cmd() -> list[str]:
+    exe = shutil.which("hookql")
+    return [exe] if exe else ["python", "-m", "hookql"]
