@@ -239,12 +239,14 @@ class Btf:
     def from_file(cls, path: str | os.PathLike) -> "Btf":
         """Raw BTF (/sys/kernel/btf/vmlinux) or an ELF with a .BTF section."""
         l = libbpf.lib()
+        libbpf.messages.clear()
         handle = libbpf.check_ptr(l.btf__parse(os.fsencode(path), None), "btf__parse", str(path))
         return cls(handle, str(path))
 
     @classmethod
     def from_bytes(cls, data: bytes, label: str) -> "Btf":
         l = libbpf.lib()
+        libbpf.messages.clear()
         buf = ctypes.create_string_buffer(data, len(data))
         handle = libbpf.check_ptr(l.btf__new(buf, len(data)), "btf__new", label)
         return cls(handle, label, keepalive=data)

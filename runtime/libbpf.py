@@ -10,6 +10,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import os
+from collections import deque
 from functools import cache
 
 c_void_p = ctypes.c_void_p
@@ -38,7 +39,15 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "btf__raw_data": (c_void_p, [c_void_p, ctypes.POINTER(c_u32)]),
     "libbpf_major_version": (c_u32, []),
     "libbpf_minor_version": (c_u32, []),
+    "libbpf_strerror": (ctypes.c_int, [ctypes.c_int, c_char_p, ctypes.c_size_t]),
+    "libbpf_set_print": (c_void_p, [c_void_p]),
 }
+
+# libbpf_print_fn_t: int (*)(enum libbpf_print_level, const char *fmt, va_list)
+_PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, c_char_p, c_void_p)
+LEVELS = {0: "warning", 1: "info", 2: "debug"}
+# libbpf's messages are kept, not printed: callers show them with their own error.
+messages: deque[tuple[str, str]] = deque(maxlen=200)
 
 
 @cache
@@ -59,7 +68,31 @@ def lib() -> ctypes.CDLL:
         f = getattr(handle, fn)
         f.restype = restype
         f.argtypes = argtypes
+    handle.libbpf_set_print(ctypes.cast(_print_cb, c_void_p))
     return handle
+
+
+_libc = ctypes.CDLL(None)
+_libc.vsnprintf.argtypes = [c_char_p, ctypes.c_size_t, c_char_p, c_void_p]
+_libc.vsnprintf.restype = ctypes.c_int
+
+
+@_PRINT_FN
+def _print_cb(level: int, fmt: bytes, args: int) -> int:
+    # On x86-64 and arm64 a va_list argument is passed as a pointer, so libc's
+    # vsnprintf can format it for us.
+    buf = ctypes.create_string_buffer(4096)
+    n = _libc.vsnprintf(buf, len(buf), fmt, args)
+    messages.append((LEVELS.get(level, str(level)), buf.value.decode(errors="replace").rstrip()))
+    return max(n, 0)
+
+
+def strerror(err: int) -> str:
+    """errno text, including libbpf's own codes (4000+: bad ELF, wrong kernel...)."""
+    buf = ctypes.create_string_buffer(256)
+    if lib().libbpf_strerror(err, buf, len(buf)) == 0:
+        return buf.value.decode()
+    return os.strerror(err)
 
 
 def version() -> str:
@@ -71,5 +104,7 @@ def check_ptr(ptr: int | None, call: str, what: str = "") -> int:
     """Turn a NULL return into LibbpfError carrying errno."""
     if not ptr:
         err = ctypes.get_errno() or 22
-        raise LibbpfError(err, f"{call}{' ' + what if what else ''}: {os.strerror(err)}")
+        warn = [m for lvl, m in messages if lvl == "warning"]
+        detail = f" ({warn[-1].removeprefix('libbpf: ')})" if warn else ""
+        raise LibbpfError(err, f"{call}{' ' + what if what else ''}: {strerror(err)}{detail}")
     return ptr

@@ -47,6 +47,8 @@ def test_check_with_a_btf_file(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run("check", "--btf", str(tmp_path / "nope"), "-e", "on kprobe:tcp_connect { count }")
     assert r.returncode == 1 and "no such file" in r.stderr
+    r = run("check", "--btf", "/etc/hostname", "-e", "on kprobe:tcp_connect { count }")
+    assert r.returncode == 1 and r.stderr.startswith("hookql: error: cannot read BTF:") and "libbpf:" not in r.stderr
 
 
 def test_check_usage_errors():
