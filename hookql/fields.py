@@ -38,24 +38,19 @@ BUILTINS: dict[str, Field] = {
 RETVAL_DOC = {"kretprobe": "the value the function returns",
               "lsm": "verdict of the LSM programs before this one (0 = allowed)"}
 
-# Typed network fields and what each needs from its source.
-_SOCK_FIELDS = {
-    "family": (T.INT(16, display=T.AF), "address family (AF_INET, AF_INET6, ...)"),
-    "saddr": (T.addr(), "local address"),
-    "daddr": (T.addr(), "remote address"),
-    "sport": (T.INT(16, display=T.PORT), "local port, host order"),
-    "dport": (T.INT(16, display=T.PORT), "remote port, host order"),
-    "protocol": (T.INT(16, display=T.PROTO), "IP protocol (IPPROTO_TCP, ...)"),
-    "state": (T.INT(8, display=T.TCP_STATE), "TCP state (TCP_ESTABLISHED, ...)"),
+# Typed network fields: type, and the doc for a socket source / a packet source
+# (a packet has no TCP state).
+_NET_FIELDS = {
+    "family": (T.INT(16, display=T.AF), "address family (AF_INET, AF_INET6, ...)", "address family of the packet"),
+    "saddr": (T.addr(), "local address", "source address of the packet"),
+    "daddr": (T.addr(), "remote address", "destination address of the packet"),
+    "sport": (T.INT(16, display=T.PORT), "local port, host order", "source port (TCP/UDP), host order"),
+    "dport": (T.INT(16, display=T.PORT), "remote port, host order", "destination port (TCP/UDP), host order"),
+    "protocol": (T.INT(16, display=T.PROTO), "IP protocol (IPPROTO_TCP, ...)", "IP protocol of the packet"),
+    "state": (T.INT(8, display=T.TCP_STATE), "TCP state (TCP_ESTABLISHED, ...)", None),
 }
-_SKB_FIELDS = {
-    "family": (T.INT(16, display=T.AF), "address family of the packet"),
-    "saddr": (T.addr(), "source address of the packet"),
-    "daddr": (T.addr(), "destination address of the packet"),
-    "sport": (T.INT(16, display=T.PORT), "source port (TCP/UDP), host order"),
-    "dport": (T.INT(16, display=T.PORT), "destination port (TCP/UDP), host order"),
-    "protocol": (T.INT(16, display=T.PROTO), "IP protocol of the packet"),
-}
+_SOCK_FIELDS = {k: (ty, doc) for k, (ty, doc, _) in _NET_FIELDS.items()}
+_SKB_FIELDS = {k: (ty, doc) for k, (ty, _, doc) in _NET_FIELDS.items() if doc}
 _SOCKADDR_FIELDS = {
     "family": (T.INT(16, display=T.AF), "address family of the sockaddr"),
     "addr": (T.addr(), "address in the sockaddr"),
