@@ -139,6 +139,14 @@ class CType:
         return tuple(Param(self.btf.name(words[2 * i]), self.btf.type(words[2 * i + 1])) for i in range(self._vlen))
 
     @cached_property
+    def datasec_vars(self) -> dict[str, tuple[int, int]]:
+        """For a DATASEC (.rodata, .bss): variable name -> (offset, size)."""
+        if self.kind != "datasec":
+            return {}
+        words = self._extra(3 * self._vlen)
+        return {self.btf.type(words[3 * i]).name: (words[3 * i + 1], words[3 * i + 2]) for i in range(self._vlen)}
+
+    @cached_property
     def enumerators(self) -> tuple[tuple[str, int], ...]:
         if self.kind == "enum":
             words = self._extra(2 * self._vlen)
@@ -226,11 +234,12 @@ class CType:
 class Btf:
     """A parsed BTF blob (kernel vmlinux BTF).  Frees libbpf's object on close."""
 
-    def __init__(self, handle: int, label: str, keepalive: bytes | None = None):
+    def __init__(self, handle: int, label: str, keepalive: bytes | None = None, owned: bool = True):
         self._lib = libbpf.lib()
         self.handle = handle
         self.label = label
         self._keepalive = keepalive
+        self._owned = owned
         self._types: dict[int, CType] = {0: CType(self, 0)}
         self._names: dict[int, str] = {}
         self._enumerators: dict[str, tuple[int, str]] | None = None
@@ -252,9 +261,9 @@ class Btf:
         return cls(handle, label, keepalive=data)
 
     def close(self) -> None:
-        if self.handle:
+        if self.handle and self._owned:
             self._lib.btf__free(self.handle)
-            self.handle = 0
+        self.handle = 0
 
     def __del__(self) -> None:  # pragma: no cover - interpreter shutdown order
         try:
@@ -314,7 +323,7 @@ class Btf:
         """
         if self._enumerators is not None:
             return self._enumerators
-        cache = _cache_dir() / f"enums-{self.digest}.json"
+        cache = cache_dir() / f"enums-{self.digest}.json"
         try:
             self._enumerators = {k: (v, e) for k, (v, e) in json.loads(cache.read_text()).items()}
             return self._enumerators
@@ -340,6 +349,6 @@ class Btf:
         return out
 
 
-def _cache_dir() -> Path:
+def cache_dir() -> Path:
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "hookql"

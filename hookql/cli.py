@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import fnmatch
 import os
+import re
 import sys
 import traceback
 
@@ -60,6 +61,31 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
     p.set_defaults(func=cmd_check)
 
+    p = sub.add_parser("run", help="compile, load and attach a script; print its aggregations",
+                       description="Attach a script's probes and print its aggregations when it stops: on "
+                                   "Ctrl-C, SIGTERM, --duration, or when the -c command or -p process exits.")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("-e", dest="expr", metavar="SCRIPT", help="run this script text instead of a file")
+    p.add_argument("-d", "--duration", type=_duration, metavar="TIME", help="stop after TIME (10s, 500ms, 2m)")
+    p.add_argument("-c", dest="command", metavar="CMD", help="run CMD once attached; stop when it exits")
+    p.add_argument("-p", dest="pid", type=int, metavar="PID", help="only events of process PID; stop when it exits")
+    p.add_argument("--every", type=_duration, metavar="TIME", help="also print the aggregations every TIME")
+    p.add_argument("--format", choices=("text", "json"), default="text")
+    p.add_argument("--enforce", action="store_true", help="let `deny` block; without it, deny only counts")
+    p.add_argument("--map-size", type=int, metavar="N", help="entries per keyed aggregation (default 10240)")
+    p.add_argument("-v", "--verbose", action="store_true", help="say how each probe attached; show libbpf's log")
+    p.set_defaults(func=cmd_run)
+
+    p = sub.add_parser("compile", help="compile a script to a BPF object (no root needed)")
+    p.add_argument("file", nargs="?", metavar="FILE")
+    p.add_argument("-e", dest="expr", metavar="SCRIPT", help="compile this script text instead of a file")
+    p.add_argument("-o", dest="output", metavar="OUT", help="write the object here (default: FILE.bpf.o)")
+    p.add_argument("--emit-c", action="store_true", help="print the generated C instead of building")
+    p.add_argument("--attach", choices=("auto", "kprobe", "fentry"), default="auto",
+                   help="how kprobe:/kretprobe: attach (auto: kprobes if this kernel has them, else fentry)")
+    kernel_opts(p)
+    p.set_defaults(func=cmd_compile)
+
     p = sub.add_parser("hooks", help="list the hook catalog, or describe one hook",
                        description="List catalog hooks matching PATTERN (a substring or glob of PROVIDER:NAME), "
                                    "or with -v describe one hook on this kernel.")
@@ -70,12 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-# -- check ---------------------------------------------------------------------
-def cmd_check(args) -> int:
-    sources = []
-    if args.expr is not None:
-        sources.append(Source("<-e>", args.expr))
-    for f in args.files:
+def _duration(text: str) -> float:
+    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?", text.strip())
+    if not m:
+        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (e.g. 10s, 500ms, 2m)")
+    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}[m[2] or "s"]
+    return float(m[1]) * scale
+
+
+def _read_sources(files: list[str], expr: str | None) -> list[Source] | None:
+    """Scripts named on the command line; None after saying why one can't be read."""
+    sources = [Source("<-e>", expr)] if expr is not None else []
+    for f in files:
         if f == "-":
             sources.append(Source("<stdin>", sys.stdin.read()))
             continue
@@ -83,7 +115,117 @@ def cmd_check(args) -> int:
             sources.append(Source.from_path(f))
         except (OSError, UnicodeDecodeError) as exc:
             print(f"{f}: error: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
-            return 1
+            return None
+    return sources
+
+
+def _checked_or_report(src: Source, kern: K.Kernel):
+    """The checked script, or None after printing its diagnostics."""
+    result = check_source(src, kern)
+    color = sys.stderr.isatty()
+    for d in result.diagnostics.sorted():
+        print(d.render(color), file=sys.stderr)
+    if not result.ok:
+        n = len(result.diagnostics.errors)
+        print(f"{n} error{'s' * (n != 1)} (kernel {kern.label}); nothing was loaded", file=sys.stderr)
+        return None
+    return result.checked
+
+
+def _lowering_or_build_error(exc, src: Source) -> int:
+    from hookql.codegen.build import BuildError
+    from hookql.codegen.ir import LoweringError
+
+    if isinstance(exc, LoweringError):
+        print(Diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
+        return 1
+    assert isinstance(exc, BuildError)
+    print(f"hookql: error: clang could not build the generated program:\n{exc}\n"
+          "  this is a bug in HookQL; `hookql compile --emit-c` shows the C", file=sys.stderr)
+    return 1
+
+
+# -- run and compile --------------------------------------------------------------
+def cmd_compile(args) -> int:
+    from hookql.codegen.build import BuildError
+    from hookql.codegen.ir import LoweringError
+    from hookql.pipeline import compile_checked, generate_c
+    from hookql.runtime import features
+
+    sources = _read_sources([args.file] if args.file else [], args.expr)
+    if sources is None:
+        return 1
+    if len(sources) != 1:
+        print("hookql compile: give one FILE or -e SCRIPT", file=sys.stderr)
+        return 2
+    src = sources[0]
+    kern = K.select(args.kernel, args.btf)
+    checked = _checked_or_report(src, kern)
+    if checked is None:
+        return 1
+    mode = features.func_mode() if args.attach == "auto" else args.attach
+    try:
+        if args.emit_c:
+            sys.stdout.write(generate_c(checked, mode)[0])
+            return 0
+        out = args.output or (os.path.splitext(args.file)[0] + ".bpf.o" if args.file else "out.bpf.o")
+        compiled = compile_checked(checked, mode, out)
+    except (LoweringError, BuildError) as exc:
+        return _lowering_or_build_error(exc, src)
+    print(f"wrote {out} ({'cached' if compiled.cached else 'built'}; kprobes attach as {mode})", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args) -> int:
+    from hookql.codegen.build import BuildError
+    from hookql.codegen.ir import LoweringError
+    from hookql.pipeline import compile_checked
+    from hookql.runtime import features
+    from hookql.runtime.libbpf import LibbpfError
+    from hookql.runtime.loader import LoadError
+    from hookql.runtime.session import RunOptions, Session
+
+    sources = _read_sources([args.file] if args.file else [], args.expr)
+    if sources is None:
+        return 1
+    if len(sources) != 1:
+        print("hookql run: give one FILE or -e SCRIPT", file=sys.stderr)
+        return 2
+    src = sources[0]
+    kern = K.running()
+    checked = _checked_or_report(src, kern)
+    if checked is None:
+        return 1
+    mode = features.func_mode()
+    try:
+        compiled = compile_checked(checked, mode)
+    except (LoweringError, BuildError) as exc:
+        return _lowering_or_build_error(exc, src)
+    if args.verbose:
+        print(f"hookql: object {compiled.object_path} ({'cached' if compiled.cached else 'built'}); "
+              f"kprobes attach as {mode}", file=sys.stderr)
+    opts = RunOptions(args.duration, args.every, args.command, args.pid, args.format, args.enforce,
+                      args.verbose, args.map_size)
+    try:
+        return Session(compiled.object_path, compiled.layout, opts).run()
+    except (LoadError, LibbpfError) as exc:
+        hint = getattr(exc, "hint", None)
+        print(f"hookql: error: {exc.strerror if isinstance(exc, LibbpfError) else exc}", file=sys.stderr)
+        if hint:
+            print(f"  hint: {hint}", file=sys.stderr)
+        log = getattr(exc, "log", "")
+        if log and args.verbose:
+            print(log, file=sys.stderr)
+        elif log:
+            print("  (-v shows libbpf's log)", file=sys.stderr)
+        return 1
+
+
+# -- check ---------------------------------------------------------------------
+def cmd_check(args) -> int:
+    sources = _read_sources(args.files, args.expr)
+    if sources is None:
+        return 1
     if not sources:
         print("hookql check: give a FILE or -e SCRIPT", file=sys.stderr)
         return 2

@@ -26,3 +26,31 @@ def check_source(source: Source, kernel: Kernel, resolver: Resolver | None = Non
     script = parse(source, diags)
     checked = Checker(kernel, resolver=resolver).check(script, diags)
     return FrontEndResult(checked, diags)
+
+
+@dataclass
+class Compiled:
+    c_source: str
+    layout: dict
+    object_path: object  # pathlib.Path of the built object, None when only C was asked for
+    cached: bool
+
+
+def generate_c(checked: CheckedScript, func_mode: str = "kprobe") -> tuple[str, dict]:
+    """Checked script -> (BPF C, the runtime's decoding layout)."""
+    from hookql.codegen.ir import lower
+    from hookql.codegen.render import render
+
+    prog = lower(checked, func_mode)
+    sig_params = {i: [p.type for p in c.hook.sig.params] if c.hook.sig else []
+                  for i, c in enumerate(checked.clauses)}
+    c_source = render(prog, checked.kernel.btf, sig_params, checked.script.span.source.name)
+    return c_source, prog.layout()
+
+
+def compile_checked(checked: CheckedScript, func_mode: str = "kprobe", out=None) -> Compiled:
+    from hookql.codegen.build import build
+
+    c_source, layout = generate_c(checked, func_mode)
+    built = build(c_source, out)
+    return Compiled(c_source, layout, built.path, built.cached)

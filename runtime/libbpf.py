@@ -41,7 +41,37 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "libbpf_minor_version": (c_u32, []),
     "libbpf_strerror": (ctypes.c_int, [ctypes.c_int, c_char_p, ctypes.c_size_t]),
     "libbpf_set_print": (c_void_p, [c_void_p]),
+    "libbpf_num_possible_cpus": (ctypes.c_int, []),
+    # objects and programs
+    "bpf_object__open_file": (c_void_p, [c_char_p, c_void_p]),
+    "bpf_object__load": (ctypes.c_int, [c_void_p]),
+    "bpf_object__close": (None, [c_void_p]),
+    "bpf_object__btf": (c_void_p, [c_void_p]),
+    "bpf_object__next_program": (c_void_p, [c_void_p, c_void_p]),
+    "bpf_object__find_program_by_name": (c_void_p, [c_void_p, c_char_p]),
+    "bpf_program__name": (c_char_p, [c_void_p]),
+    "bpf_program__section_name": (c_char_p, [c_void_p]),
+    "bpf_program__set_autoload": (ctypes.c_int, [c_void_p, ctypes.c_bool]),
+    "bpf_program__fd": (ctypes.c_int, [c_void_p]),
+    "bpf_program__attach": (c_void_p, [c_void_p]),
+    "bpf_link__destroy": (ctypes.c_int, [c_void_p]),
+    # maps
+    "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
+    "bpf_map__fd": (ctypes.c_int, [c_void_p]),
+    "bpf_map__set_max_entries": (ctypes.c_int, [c_void_p, c_u32]),
+    "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(ctypes.c_size_t)]),
+    "bpf_map__set_initial_value": (ctypes.c_int, [c_void_p, c_void_p, ctypes.c_size_t]),
+    "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p]),
+    "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p]),
+    # ring buffers
+    "ring_buffer__new": (c_void_p, [ctypes.c_int, c_void_p, c_void_p, c_void_p]),
+    "ring_buffer__poll": (ctypes.c_int, [c_void_p, ctypes.c_int]),
+    "ring_buffer__consume": (ctypes.c_int, [c_void_p]),
+    "ring_buffer__free": (None, [c_void_p]),
 }
+
+# ring_buffer_sample_fn: int (*)(void *ctx, void *data, size_t size)
+SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, c_void_p, c_void_p, ctypes.c_size_t)
 
 # libbpf_print_fn_t: int (*)(enum libbpf_print_level, const char *fmt, va_list)
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, c_char_p, c_void_p)
@@ -103,8 +133,18 @@ def version() -> str:
 def check_ptr(ptr: int | None, call: str, what: str = "") -> int:
     """Turn a NULL return into LibbpfError carrying errno."""
     if not ptr:
-        err = ctypes.get_errno() or 22
-        warn = [m for lvl, m in messages if lvl == "warning"]
-        detail = f" ({warn[-1].removeprefix('libbpf: ')})" if warn else ""
-        raise LibbpfError(err, f"{call}{' ' + what if what else ''}: {strerror(err)}{detail}")
+        _raise(ctypes.get_errno() or 22, call, what)
     return ptr
+
+
+def check_int(ret: int, call: str, what: str = "") -> int:
+    """Turn a negative return (-errno, libbpf >= 1.0) into LibbpfError."""
+    if ret < 0:
+        _raise(-ret, call, what)
+    return ret
+
+
+def _raise(err: int, call: str, what: str):
+    warn = [m for lvl, m in messages if lvl == "warning"]
+    detail = f" ({warn[-1].removeprefix('libbpf: ')})" if warn else ""
+    raise LibbpfError(err, f"{call}{' ' + what if what else ''}: {strerror(err)}{detail}")

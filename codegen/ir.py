@@ -1,0 +1,609 @@
+"""Lowering: a checked script -> a small typed IR the Jinja templates render.
+
+Python decides everything here (which values each probe reads, map and
+record layouts, constant folding of addresses and sets); the templates only
+spell it in C.  The same IR gives the runtime its decoding layout
+(`Layout`), so C and Python can never disagree about a key's bytes.
+"""
+from __future__ import annotations
+
+import ipaddress
+from dataclasses import dataclass, field
+
+from hookql import nodes as n
+from hookql import types as T
+from hookql.checker import CheckedScript, ConstSymbol
+from hookql.fields import Field
+
+DEFAULT_MAP_ENTRIES = 10240
+HIST_BUCKETS = 66  # [neg], [0], then 2 + floor(log2(v)) for v >= 1
+STR_READ = 64  # bytes read for kernel strings (char *, __data_loc)
+
+
+# -- expressions ------------------------------------------------------------------
+class Expr:
+    kind = ""  # which template branch spells it
+
+
+@dataclass
+class Lit(Expr):
+    value: int
+    kind = "lit"
+
+
+@dataclass
+class Ref(Expr):
+    local: "Local"
+    kind = "ref"
+
+
+@dataclass
+class Bin(Expr):
+    op: str
+    left: Expr
+    right: Expr
+    kind = "bin"
+
+
+@dataclass
+class Un(Expr):
+    op: str  # "!", "-", "~"
+    operand: Expr
+    kind = "un"
+
+
+@dataclass
+class StrEq(Expr):
+    local: "Local"
+    data: list[int]  # bytes of the literal, then the NUL
+    kind = "streq"
+
+
+@dataclass
+class StrEqVar(Expr):
+    left: "Local"
+    right: "Local"
+    size: int
+    kind = "streqvar"
+
+
+@dataclass
+class AddrMatch(Expr):
+    """addr == literal (masks all ones) or addr in CIDR: four 32-bit words,
+    network order, IPv4 as v4-mapped IPv6."""
+
+    local: "Local"
+    words: list[int]
+    masks: list[int]
+    kind = "addrmatch"
+
+
+@dataclass
+class AddrEqVar(Expr):
+    left: "Local"
+    right: "Local"
+    kind = "addreqvar"
+
+
+@dataclass
+class AnyOf(Expr):
+    items: list[Expr]
+    kind = "anyof"
+
+
+# -- values read per event ------------------------------------------------------------
+@dataclass(eq=False)
+class Local:
+    """A value computed once per event (only those the clause uses)."""
+
+    name: str
+    ty: T.Type
+    how: str  # comm pid tid uid gid cpu cgroup ts param sk_of sock_field sa_field pkt pkt_field member tp
+    args: dict = field(default_factory=dict)
+    deps: list["Local"] = field(default_factory=list)
+
+    @property
+    def is_int(self) -> bool:
+        return self.ty.kind in ("int", "bool", "ptr")
+
+    @property
+    def c_type(self) -> str:
+        k = self.ty.kind
+        if k == "str":
+            return "char"
+        if k == "addr":
+            return "struct hq_addr"
+        if k == "ptr":
+            return "__u64"
+        return "__s64" if self.ty.signed else "__u64"
+
+    @property
+    def c_array(self) -> str:
+        return f"[{self.ty.size}]" if self.ty.kind == "str" else ""
+
+
+# -- layouts shared with the runtime ----------------------------------------------------
+@dataclass
+class Slot:
+    """One field of a key struct or event record."""
+
+    name: str  # as the user wrote it: comm, daddr, sk.sk_rcvbuf
+    c_name: str
+    kind: str  # int str addr
+    size: int
+    offset: int
+    signed: bool = False
+    display: str | None = None
+    expr: Expr | None = None  # for int slots
+    local: Local | None = None  # for str/addr slots
+
+    def layout(self) -> dict:
+        return {"name": self.name, "kind": self.kind, "size": self.size, "offset": self.offset,
+                "signed": self.signed, "display": self.display}
+
+    @property
+    def c_decl(self) -> str:
+        if self.kind == "str":
+            return f"char {self.c_name}[{self.size}]"
+        if self.kind == "addr":
+            return f"struct hq_addr {self.c_name}"
+        return f"{'__s' if self.signed else '__u'}{self.size * 8} {self.c_name}"
+
+
+def pack(slots: list[Slot]) -> int:
+    """Lay slots out in C's natural alignment, largest first; returns the size
+    (a multiple of 8, padded explicitly so no byte of a key is undefined)."""
+    align = lambda s: 4 if s.kind == "addr" else (1 if s.kind == "str" else s.size)
+    off = 0
+    for s in sorted(slots, key=lambda s: -align(s)):  # slots keep the user's order
+        a = align(s)
+        off = (off + a - 1) // a * a
+        s.offset = off
+        off += s.size
+    return (off + 7) // 8 * 8 or 8
+
+
+@dataclass
+class Aggregation:
+    index: int
+    probe: str
+    func: str
+    text: str  # the action as written
+    line: int
+    keys: list[Slot]
+    key_size: int
+    value: Expr | None
+    value_signed: bool
+    value_display: str | None
+    lhist: tuple[int, int, int] | None = None  # min, max, step
+    drop_stat: int = 0
+
+    @property
+    def map_name(self) -> str:
+        return f"hq_agg{self.index}"
+
+    @property
+    def keyed(self) -> bool:
+        return bool(self.keys)
+
+    @property
+    def buckets(self) -> int:
+        if self.func == "hist":
+            return HIST_BUCKETS
+        if self.func == "lhist":
+            lo, hi, step = self.lhist
+            return -(-(hi - lo) // step) + 2  # below MIN, the steps, at or above MAX
+        return 0
+
+    @property
+    def value_size(self) -> int:
+        return {"count": 8, "sum": 8, "avg": 16, "min": 16, "max": 16}.get(self.func, 8 * self.buckets)
+
+    def layout(self) -> dict:
+        return {"map": self.map_name, "probe": self.probe, "func": self.func, "text": self.text,
+                "line": self.line, "by": [k.layout() for k in self.keys], "key_size": self.key_size,
+                "value_size": self.value_size, "value_signed": self.value_signed,
+                "value_display": self.value_display, "lhist": self.lhist, "buckets": self.buckets,
+                "drop_stat": self.drop_stat}
+
+
+@dataclass
+class EmitRecord:
+    index: int
+    probe: str
+    line: int
+    slots: list[Slot]
+    size: int
+
+    def layout(self) -> dict:
+        return {"id": self.index, "probe": self.probe, "line": self.line, "size": self.size,
+                "fields": [s.layout() for s in self.slots]}
+
+
+@dataclass
+class Deny:
+    errno: int
+    line: int
+    denied_stat: int
+    would_stat: int
+
+
+@dataclass
+class Probe:
+    index: int
+    text: str  # lsm:socket_connect
+    provider: str
+    attach: str  # kprobe fentry kretprobe fexit lsm tp
+    section: str
+    line: int
+    params: list[tuple[str, str]]  # (C type, name) in the program's signature
+    ret_param: tuple[str, str] | None
+    pre: list[Local]  # read before the filter
+    post: list[Local]  # read only when the filter passes
+    where: Expr | None
+    where_line: int
+    actions: list  # Aggregation | EmitRecord
+    deny: Deny | None
+
+    @property
+    def func(self) -> str:
+        return f"hq_probe{self.index}"
+
+
+@dataclass
+class Program:
+    source_name: str
+    probes: list[Probe]
+    aggregations: list[Aggregation]
+    emits: list[EmitRecord]
+    stats: list[str]  # names of the per-CPU counters, by index
+    helpers: set[str]
+    zero_size: int
+
+    def layout(self) -> dict:
+        return {"source": self.source_name, "aggregations": [a.layout() for a in self.aggregations],
+                "emits": [e.layout() for e in self.emits], "stats": self.stats,
+                "probes": [{"index": p.index, "text": p.text, "func": p.func, "attach": p.attach,
+                            "section": p.section, "deny": bool(p.deny)} for p in self.probes]}
+
+
+# -- lowering ------------------------------------------------------------------------------
+class LoweringError(Exception):
+    """Something the checker accepts but codegen cannot express yet."""
+
+    def __init__(self, span, message: str):
+        super().__init__(message)
+        self.span = span
+
+
+ATTACH = {  # provider -> {mode: (section prefix, attach)}
+    "kprobe": {"kprobe": "kprobe", "fentry": "fentry"},
+    "kretprobe": {"kprobe": "kretprobe", "fentry": "fexit"},
+}
+
+
+def lower(checked: CheckedScript, func_mode: str = "kprobe") -> Program:
+    """func_mode: how kprobe/kretprobe attach: "kprobe" (kprobe/kretprobe) or
+    "fentry" (fentry/fexit, BPF trampolines)."""
+    prog = Program(checked.script.span.source.name, [], [], [], ["ringbuf_drops"], set(), 8)
+    for i, clause in enumerate(checked.clauses):
+        prog.probes.append(_ProbeLowering(prog, clause, i, func_mode).run())
+    prog.zero_size = max([8] + [a.value_size for a in prog.aggregations])
+    return prog
+
+
+class _ProbeLowering:
+    def __init__(self, prog: Program, clause: n.Clause, index: int, func_mode: str):
+        self.prog = prog
+        self.clause = clause
+        self.hook = clause.hook
+        self.index = index
+        self.func_mode = func_mode
+        self.locals: dict[tuple, Local] = {}
+        self.order: list[Local] = []
+
+    def run(self) -> Probe:
+        h, c = self.hook, self.clause
+        attach, section = self.attach()
+        params, ret = self.signature(attach)
+        self.params = {name for _, name in params} | ({ret[1]} if ret else set())
+        where = self.expr(c.where) if c.where is not None else None
+        pre = list(self.order)
+        actions, deny = [], None
+        for a in c.actions:
+            if isinstance(a, n.Aggregate):
+                actions.append(self.aggregate(a))
+            elif isinstance(a, n.Emit):
+                actions.append(self.emit(a))
+            elif isinstance(a, n.Deny):
+                deny = self.deny(a)
+        post = [l for l in self.order if l not in pre]
+        return Probe(self.index, c.probe.text if h is None else h.probe, h.provider, attach, section,
+                     c.span.line, params, ret, pre, post, where, c.where.span.line if c.where else c.span.line,
+                     actions, deny)
+
+    # -- attach and signature --
+    def attach(self) -> tuple[str, str]:
+        h = self.hook
+        if h.provider == "tracepoint":
+            return "tp", f"tp/{h.name.replace(':', '/')}"
+        if h.provider == "lsm":
+            return "lsm", f"lsm/{h.name}"
+        mode = ATTACH[h.provider][self.func_mode]
+        return mode, f"{mode}/{h.name}"
+
+    def signature(self, attach: str):
+        h = self.hook
+        if h.sig is None:
+            return [], None
+        params = [(_c_param_type(p.type), p.name or f"arg{i}") for i, p in enumerate(h.sig.params)]
+        ret = (_c_param_type(h.sig.ret), "ret") if h.sig.ret.strip().kind != "void" else None
+        if attach in ("kprobe", "fentry", "lsm"):
+            if attach == "kprobe" and len(params) > 5:
+                params = params[:5]  # BPF_KPROBE reads at most 5 register arguments
+            return params, ("int", "ret") if attach == "lsm" else None
+        if attach == "kretprobe":
+            return [], ret
+        return params, ret  # fexit sees the arguments and the return value
+
+    # -- locals --
+    def local(self, key: tuple, ty: T.Type, how: str, deps=(), **args) -> Local:
+        if key in self.locals:
+            return self.locals[key]
+        for d in deps:  # dependencies first, in order
+            if d not in self.order:
+                self.order.append(d)
+        loc = Local(f"v{len(self.locals)}", ty, how, args, list(deps))
+        self.locals[key] = loc
+        self.order.append(loc)
+        return loc
+
+    def field(self, f: Field, span) -> Local:
+        if f.kind == "builtin":
+            return self.local(("builtin", f.name), f.ty, f.name)
+        if f.kind == "arg":
+            name = f.name
+            if name not in self.params:
+                raise LoweringError(span, f"argument '{name}' is beyond the 5 a kprobe can read; "
+                                    "kprobes pass arguments in registers")
+            return self.local(("param", name), f.ty, "param", param=name)
+        if f.kind == "retval":
+            return self.local(("param", "ret"), f.ty, "param", param="ret")
+        if f.kind == "tp":
+            return self.local(("tp", f.name), f.ty, "tp", offset=f.offset, cdecl=f.ty.cname,
+                              size=f.ty.size, data_loc=f.ty.cname.startswith("__data_loc"),
+                              raw_bits=f.ty.bits)
+        if f.kind == "derived":
+            return self.derived(f, span)
+        raise AssertionError(f.kind)
+
+    def source_ptr(self, f: Field, span) -> tuple[str, Local]:
+        """(source kind, local holding the pointer) of a derived field."""
+        if f.index == -1:
+            base = self.local(("param", "ret"), T.Type("ptr"), "param", param="ret")
+        else:
+            name = self.hook.sig.params[f.index].name
+            if name not in self.params:
+                raise LoweringError(span, f"'{f.name}' comes from argument '{name}', beyond the 5 a kprobe can read")
+            base = self.local(("param", name), T.Type("ptr"), "param", param=name)
+        if f.source == "socket":
+            return "sock", self.local(("sk_of", base.name), T.Type("ptr"), "sk_of", deps=[base], sock=base)
+        return f.source, base
+
+    def derived(self, f: Field, span) -> Local:
+        src, base = self.source_ptr(f, span)
+        if src == "skb":
+            pkt = self.local(("pkt", base.name), T.Type("pkt"), "pkt", deps=[base], skb=base)
+            self.prog.helpers.add("pkt")
+            return self.local(("pkt_field", base.name, f.recipe), f.ty, "pkt_field", deps=[pkt], pkt=pkt,
+                              recipe=f.recipe)
+        helper = "sock" if src == "sock" else "sockaddr"
+        self.prog.helpers.add(helper)
+        return self.local((helper, base.name, f.recipe), f.ty, f"{helper}_field", deps=[base], ptr=base,
+                          recipe=f.recipe)
+
+    def member(self, e: n.Member) -> Local:
+        """sk.sk_rcvbuf, sock.sk.__sk_common.skc_family: one BPF_CORE_READ chain.
+
+        Named members are read by name; anonymous unions on the way are left
+        to CO-RE, which finds a member inside them in the running kernel.
+        """
+        steps = []
+        root = e
+        while isinstance(root, n.Member):
+            steps.append(root)
+            root = root.obj
+        if not isinstance(root, n.Name) or not isinstance(root.symbol, Field):
+            raise LoweringError(e.span, "member access starts at a pointer argument or field")
+        base = self.field(root.symbol, root.span)
+        container = T.struct_of(root.ty)
+        chain: list[list[str]] = [[]]
+        pairs = []  # (containing struct, member): what the minimal CO-RE types declare
+        for step in reversed(steps):
+            for m in step.path:
+                if not m.name:
+                    continue  # anonymous: CO-RE looks inside it
+                pairs.append((container, m))
+                chain[-1].append(m.name)
+                mt = m.type.strip()
+                container = mt.target.strip() if mt.kind == "ptr" else mt
+            if step is not steps[0] and step.path[-1].type.strip().kind == "ptr":
+                chain.append([])  # the next member is read through this pointer
+        last = e.path[-1]
+        if last.bitfield_size:
+            raise LoweringError(e.name_span, f"'{e.name}' is a bitfield; reading bitfields is not supported yet")
+        swap = {"__be16": "bpf_ntohs", "__be32": "bpf_ntohl", "__be64": "bpf_be64_to_cpu"}
+        conv = next((swap[t] for t in last.type.typedef_names() if t in swap), None)
+        segs = [".".join(c) for c in chain if c]
+        return self.local(("member", base.name, tuple(segs)), e.ty, "member", deps=[base], base=base,
+                          chain=segs, conv=conv, pairs=pairs,
+                          char_ptr=e.ty.kind == "str" and last.type.strip().kind == "ptr",
+                          in4=e.ty.kind == "addr" and e.ty.version == 4)
+
+    # -- expressions --
+    def expr(self, e: n.Expr) -> Expr:
+        if isinstance(e, (n.IntLit,)):
+            return Lit(e.value)
+        if isinstance(e, n.DurationLit):
+            return Lit(e.nanoseconds)
+        if isinstance(e, n.Name):
+            sym = e.symbol
+            if isinstance(sym, ConstSymbol):
+                return self.const(sym, e)
+            return Ref(self.field(sym, e.span))
+        if isinstance(e, n.Member):
+            if isinstance(e.path, ConstSymbol):
+                return self.const(e.path, e)
+            return Ref(self.member(e))
+        if isinstance(e, n.Unary):
+            return Un({"not": "!", "!": "!"}.get(e.op, e.op), self.expr(e.operand))
+        if isinstance(e, n.Binary):
+            return self.binary(e)
+        raise LoweringError(e.span, "this value must be compared or grouped, not used on its own")
+
+    def const(self, sym: ConstSymbol, e: n.Expr) -> Expr:
+        if isinstance(sym.value, int):
+            return Lit(sym.value)
+        raise LoweringError(e.span, f"{sym.name} is {sym.ty}; use it with == or `in`")
+
+    def binary(self, e: n.Binary) -> Expr:
+        op = e.op
+        if op in ("and", "or"):
+            return Bin("&&" if op == "and" else "||", self.expr(e.left), self.expr(e.right))
+        if op in ("in", "not in"):
+            m = self.membership(e.left, e.right)
+            return Un("!", m) if op == "not in" else m
+        lt, rt = e.left.ty, e.right.ty
+        if op in ("==", "!=") and (lt.kind in ("str", "addr") or rt.kind in ("str", "addr")):
+            m = self.equal(e.left, e.right)
+            return Un("!", m) if op == "!=" else m
+        return Bin(op, self.expr(e.left), self.expr(e.right))
+
+    def value_local(self, e: n.Expr) -> Local:
+        r = self.expr(e)
+        if not isinstance(r, Ref):
+            raise LoweringError(e.span, "compare a field here, not an expression")
+        return r.local
+
+    def equal(self, left: n.Expr, right: n.Expr) -> Expr:
+        lit, other = (right, left) if _is_const(right) else (left, right)
+        if _is_const(lit):
+            val = _const_value(lit)
+            loc = self.value_local(other)
+            if isinstance(val, str):
+                return StrEq(loc, list(val.encode()) + [0])
+            return _addr_match(loc, ipaddress.ip_network(val))
+        l, r = self.value_local(left), self.value_local(right)
+        if left.ty.kind == "str":
+            return StrEqVar(l, r, min(left.ty.size, right.ty.size))
+        return AddrEqVar(l, r)
+
+    def membership(self, left: n.Expr, right: n.Expr) -> Expr:
+        val = _const_value(right)
+        if right.ty.kind == "cidr" or right.ty.kind == "addr":
+            return _addr_match(self.value_local(left), ipaddress.ip_network(val))
+        items = sorted(val, key=str)
+        if left.ty.kind == "str":
+            loc = self.value_local(left)
+            return AnyOf([StrEq(loc, list(s.encode()) + [0]) for s in items])
+        if left.ty.kind == "addr":
+            loc = self.value_local(left)
+            return AnyOf([_addr_match(loc, ipaddress.ip_network(v)) for v in items])
+        x = self.expr(left)
+        return AnyOf([Bin("==", x, Lit(v)) for v in sorted(items)])
+
+    # -- actions --
+    def slots(self, exprs: list[n.Expr], prefix: str) -> tuple[list[Slot], int]:
+        slots = []
+        for i, k in enumerate(exprs):
+            t = k.ty
+            name = k.span.text if k.span.line == k.span.end_line else f"{prefix}{i}"
+            if t.kind == "str":
+                slots.append(Slot(name, f"{prefix}{i}", "str", t.size, 0, local=self.value_local(k)))
+            elif t.kind == "addr":
+                slots.append(Slot(name, f"{prefix}{i}", "addr", 16, 0, local=self.value_local(k)))
+            else:
+                size = 8 if t.kind == "ptr" else max(1, min(t.bits, 64) // 8) if t.kind == "int" else 1
+                size = size if size in (1, 2, 4, 8) else 8
+                display = T.HEX if t.kind == "ptr" else t.display
+                slots.append(Slot(name, f"{prefix}{i}", "int", size, 0, t.signed, display, expr=self.expr(k)))
+        size = pack(slots)
+        return slots, size
+
+    def aggregate(self, a: n.Aggregate) -> Aggregation:
+        keys, key_size = self.slots(a.by, "k")
+        value = self.expr(a.args[0]) if a.func != "count" else None
+        vt = a.args[0].ty if a.args else None
+        lh = None
+        if a.func == "lhist":
+            lh = tuple(_const_value(x) for x in a.args[1:])
+        agg = Aggregation(len(self.prog.aggregations), self.hook.probe, a.func, a.span.text, a.span.line, keys,
+                          key_size, value, bool(vt and vt.signed) or a.func in ("sum", "avg", "min", "max"),
+                          vt.display if vt else None, lh)
+        agg.drop_stat = len(self.prog.stats)
+        self.prog.stats.append(f"{agg.map_name}_full")
+        self.prog.aggregations.append(agg)
+        if a.func == "hist":
+            self.prog.helpers.add("log2")
+        return agg
+
+    def emit(self, a: n.Emit) -> EmitRecord:
+        slots, size = self.slots(a.values, "f")
+        size = max(size, 8)
+        rec = EmitRecord(len(self.prog.emits), self.hook.probe, a.span.line, slots, size + 8)
+        for s in slots:
+            s.offset += 8  # after the record's header (u32 id, u32 pad)
+        self.prog.emits.append(rec)
+        return rec
+
+    def deny(self, a: n.Deny) -> Deny:
+        d = Deny(a.value, a.span.line, len(self.prog.stats), len(self.prog.stats) + 1)
+        self.prog.stats += [f"probe{self.index}_denied", f"probe{self.index}_would_deny"]
+        return d
+
+
+def _c_param_type(ct) -> str:
+    """How a kernel argument is declared in the program's signature."""
+    t = ct.strip()
+    if t.kind == "ptr":
+        tgt = t.target.strip()
+        if tgt.kind in ("struct", "union") and tgt.name:
+            return f"{tgt.kind} {tgt.name} *"
+        return "void *"
+    if t.kind in ("int", "enum", "enum64"):
+        size = t.size
+        signed = t.signed
+        return f"{'__s' if signed else '__u'}{size * 8 if size in (1, 2, 4, 8) else 64}"
+    return "__u64"
+
+
+def _is_const(e: n.Expr) -> bool:
+    return isinstance(e, (n.StrLit, n.IpLit, n.SetLit)) or isinstance(getattr(e, "symbol", None), ConstSymbol) \
+        or isinstance(getattr(e, "path", None), ConstSymbol)
+
+
+def _const_value(e: n.Expr):
+    if isinstance(e, n.StrLit):
+        return e.value
+    if isinstance(e, n.IntLit):
+        return e.value
+    if isinstance(e, n.IpLit):
+        return e.network
+    if isinstance(e, n.SetLit):
+        return frozenset(_const_value(i) for i in e.items)
+    if isinstance(e, n.Unary) and e.op == "-":
+        return -_const_value(e.operand)
+    sym = e.symbol if isinstance(e, n.Name) else e.path
+    return sym.value
+
+
+def _addr_match(loc: Local, net) -> AddrMatch:
+    """Words and masks of a v4-mapped/v6 network, in network byte order as the
+    BPF side stores addresses."""
+    if net.version == 4:
+        net = ipaddress.ip_network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+    addr = int(net.network_address)
+    mask = int(net.netmask)
+    words = [(addr >> (96 - 32 * i)) & 0xFFFFFFFF for i in range(4)]
+    masks = [(mask >> (96 - 32 * i)) & 0xFFFFFFFF for i in range(4)]
+    return AddrMatch(loc, words, masks)

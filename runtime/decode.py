@@ -1,0 +1,119 @@
+"""Reading maps and ring-buffer records back into Python values.
+
+Layouts come from the IR (hookql.codegen.ir), the same description the C was
+generated from.  Per-CPU values are combined here: counts and sums add up,
+min/max take the extreme of the CPUs that saw a value.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import ipaddress
+from dataclasses import dataclass
+
+from hookql.constants import ADDRESS_FAMILIES
+from hookql.runtime import libbpf
+
+_AF = {v: k for k, v in reversed(list(ADDRESS_FAMILIES.items()))}
+_PROTO = {0: "IPPROTO_IP", 1: "IPPROTO_ICMP", 2: "IPPROTO_IGMP", 4: "IPPROTO_IPIP", 6: "IPPROTO_TCP",
+          17: "IPPROTO_UDP", 41: "IPPROTO_IPV6", 47: "IPPROTO_GRE", 50: "IPPROTO_ESP", 51: "IPPROTO_AH",
+          58: "IPPROTO_ICMPV6", 132: "IPPROTO_SCTP", 136: "IPPROTO_UDPLITE", 255: "IPPROTO_RAW",
+          262: "IPPROTO_MPTCP"}
+_TCP_STATE = {1: "TCP_ESTABLISHED", 2: "TCP_SYN_SENT", 3: "TCP_SYN_RECV", 4: "TCP_FIN_WAIT1", 5: "TCP_FIN_WAIT2",
+              6: "TCP_TIME_WAIT", 7: "TCP_CLOSE", 8: "TCP_CLOSE_WAIT", 9: "TCP_LAST_ACK", 10: "TCP_LISTEN",
+              11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV"}
+_SOCK_TYPE = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET",
+              6: "SOCK_DCCP", 10: "SOCK_PACKET"}
+_NAMES = {"af": _AF, "proto": _PROTO, "tcp_state": _TCP_STATE, "sock_type": _SOCK_TYPE}
+
+
+def field_value(buf: bytes, f: dict):
+    """One key/record field as a Python value: int, str or ip_address."""
+    raw = buf[f["offset"]: f["offset"] + f["size"]]
+    if f["kind"] == "str":
+        return raw.split(b"\0", 1)[0].decode(errors="replace")
+    if f["kind"] == "addr":
+        a = ipaddress.IPv6Address(raw)
+        return a.ipv4_mapped or a
+    return int.from_bytes(raw, "little", signed=f["signed"])
+
+
+def display(value, kind: str | None):
+    """How a value prints: names for families, protocols, TCP states, errnos."""
+    if isinstance(value, int):
+        if kind in _NAMES:
+            return _NAMES[kind].get(value, value)
+        if kind == "errno" and value < 0 and -value in _errno.errorcode:
+            return f"-{_errno.errorcode[-value]}"
+        if kind == "hex":
+            return hex(value)
+        return value
+    return str(value)
+
+
+def decode_key(buf: bytes, fields: list[dict]) -> dict:
+    return {f["name"]: field_value(buf, f) for f in fields}
+
+
+@dataclass
+class Row:
+    key: dict
+    value: object  # int, float (avg), None (min/max never set), or list of bucket counts
+
+
+def combine(func: str, per_cpu: list[bytes], signed: bool):
+    """Fold one key's per-CPU values."""
+    if func in ("count", "sum"):
+        return sum(int.from_bytes(v[:8], "little", signed=func == "sum") for v in per_cpu)
+    if func == "avg":
+        total = sum(int.from_bytes(v[:8], "little", signed=True) for v in per_cpu)
+        count = sum(int.from_bytes(v[8:16], "little") for v in per_cpu)
+        return int(total / count) if count else 0  # integer mean, as bpftrace prints it
+    if func in ("min", "max"):
+        seen = [int.from_bytes(v[:8], "little", signed=True) for v in per_cpu if int.from_bytes(v[8:16], "little")]
+        return (min(seen) if func == "min" else max(seen)) if seen else None
+    n = len(per_cpu[0]) // 8
+    return [sum(int.from_bytes(v[8 * i: 8 * i + 8], "little") for v in per_cpu) for i in range(n)]
+
+
+class MapReader:
+    def __init__(self):
+        self.l = libbpf.lib()
+        self.ncpus = libbpf.check_int(self.l.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
+
+    def per_cpu(self, fd: int, key: ctypes.Array, value_size: int) -> list[bytes] | None:
+        stride = (value_size + 7) // 8 * 8
+        buf = ctypes.create_string_buffer(stride * self.ncpus)
+        if self.l.bpf_map_lookup_elem(fd, key, buf) < 0:
+            return None  # deleted since get_next_key
+        raw = buf.raw
+        return [raw[i * stride: i * stride + value_size] for i in range(self.ncpus)]
+
+    def rows(self, fd: int, agg: dict) -> list[Row]:
+        func, vsize = agg["func"], agg["value_size"]
+        out = []
+        if not agg["by"]:
+            key = ctypes.c_uint32(0)
+            vals = self.per_cpu(fd, ctypes.byref(key), vsize)
+            if vals is not None:
+                out.append(Row({}, combine(func, vals, agg["value_signed"])))
+            return out
+        ksize = agg["key_size"]
+        cur = ctypes.create_string_buffer(ksize)
+        nxt = ctypes.create_string_buffer(ksize)
+        prev = None
+        while self.l.bpf_map_get_next_key(fd, prev, nxt) == 0:
+            ctypes.memmove(cur, nxt, ksize)
+            prev = cur
+            vals = self.per_cpu(fd, cur, vsize)
+            if vals is not None:
+                out.append(Row(decode_key(cur.raw, agg["by"]), combine(func, vals, agg["value_signed"])))
+        return out
+
+    def stats(self, fd: int, names: list[str]) -> dict[str, int]:
+        out = {}
+        for i, name in enumerate(names):
+            key = ctypes.c_uint32(i)
+            vals = self.per_cpu(fd, ctypes.byref(key), 8)
+            out[name] = sum(int.from_bytes(v, "little") for v in vals) if vals else 0
+        return out

@@ -1,0 +1,158 @@
+"""Load and attach a HookQL object with libbpf, and release everything after.
+
+BpfObject is a context manager: whatever happens (an attach failure, an
+exception, Ctrl-C), every link is destroyed and the object closed, so no
+program of ours outlives `hookql run`.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno
+import os
+import re
+from dataclasses import dataclass
+
+from hookql.btf import Btf
+from hookql.runtime import features, libbpf
+from hookql.runtime.libbpf import LibbpfError
+
+
+class LoadError(Exception):
+    """Loading or attaching failed; the message says why and what to do."""
+
+    def __init__(self, message: str, hint: str | None = None, log: str = ""):
+        super().__init__(message)
+        self.hint = hint
+        self.log = log
+
+
+@dataclass
+class Attached:
+    probe: str
+    attach: str
+    link: int
+
+
+class BpfObject:
+    def __init__(self, path, layout: dict):
+        self.l = libbpf.lib()
+        self.path = str(path)
+        self.layout = layout
+        self.obj = 0
+        self.links: list[Attached] = []
+
+    # -- lifecycle --
+    def __enter__(self) -> "BpfObject":
+        libbpf.messages.clear()
+        self.obj = libbpf.check_ptr(self.l.bpf_object__open_file(self.path.encode(), None),
+                                    "bpf_object__open_file", self.path)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        while self.links:
+            self.l.bpf_link__destroy(self.links.pop().link)
+        if self.obj:
+            self.l.bpf_object__close(self.obj)
+            self.obj = 0
+
+    # -- before load --
+    def configure(self, pid: int = 0, enforce: bool = False, map_entries: int | None = None) -> None:
+        """Set the program's read-only config (hq_cfg) and map sizes."""
+        rodata = self.l.bpf_object__find_map_by_name(self.obj, b".rodata")
+        btf = Btf(self.l.bpf_object__btf(self.obj), "object", owned=False)
+        sec = btf.find(".rodata", "datasec")
+        if not rodata or sec is None or "hq_cfg" not in sec.datasec_vars:
+            raise LoadError(f"{self.path} is not a HookQL object (no hq_cfg)")
+        off, size = sec.datasec_vars["hq_cfg"]
+        cur_size = ctypes.c_size_t()
+        cur = libbpf.check_ptr(self.l.bpf_map__initial_value(rodata, ctypes.byref(cur_size)),
+                               "bpf_map__initial_value", ".rodata")
+        data = bytearray(ctypes.string_at(cur, cur_size.value))
+        data[off:off + 8] = pid.to_bytes(4, "little") + int(enforce).to_bytes(4, "little")
+        buf = ctypes.create_string_buffer(bytes(data), len(data))
+        libbpf.check_int(self.l.bpf_map__set_initial_value(rodata, buf, len(data)), "bpf_map__set_initial_value")
+        if map_entries:
+            for agg in self.layout["aggregations"]:
+                if agg["by"]:
+                    m = self.l.bpf_object__find_map_by_name(self.obj, agg["map"].encode())
+                    libbpf.check_int(self.l.bpf_map__set_max_entries(m, map_entries), "bpf_map__set_max_entries")
+
+    def only(self, funcs: set[str]) -> None:
+        """Load only these programs (the others are not even verified)."""
+        prog = self.l.bpf_object__next_program(self.obj, None)
+        while prog:
+            name = self.l.bpf_program__name(prog).decode()
+            self.l.bpf_program__set_autoload(prog, name in funcs)
+            prog = self.l.bpf_object__next_program(self.obj, prog)
+
+    # -- load and attach --
+    def load(self) -> None:
+        libbpf.messages.clear()
+        ret = self.l.bpf_object__load(self.obj)
+        if ret < 0:
+            raise _load_error(-ret, self.layout)
+
+    def attach_all(self) -> list[Attached]:
+        for p in self.layout["probes"]:
+            prog = self.l.bpf_object__find_program_by_name(self.obj, p["func"].encode())
+            if not prog or self.l.bpf_program__fd(prog) < 0:
+                continue
+            libbpf.messages.clear()
+            link = self.l.bpf_program__attach(prog)
+            if not link:
+                raise _attach_error(ctypes.get_errno(), p)
+            self.links.append(Attached(p["text"], p["attach"], link))
+        return self.links
+
+    def map_fd(self, name: str) -> int:
+        m = libbpf.check_ptr(self.l.bpf_object__find_map_by_name(self.obj, name.encode()),
+                             "bpf_object__find_map_by_name", name)
+        return self.l.bpf_map__fd(m)
+
+
+def _log() -> str:
+    return "\n".join(m for _, m in libbpf.messages)
+
+
+def _failed_probe(layout: dict) -> dict | None:
+    for _, m in reversed(libbpf.messages):
+        hit = re.search(r"prog '(hq_probe\d+)'", m)
+        if hit:
+            return next((p for p in layout["probes"] if p["func"] == hit[1]), None)
+    return None
+
+
+def _load_error(err: int, layout: dict) -> LoadError:
+    p = _failed_probe(layout)
+    what = p["text"] if p else "the programs"
+    if err in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
+        return LoadError(f"loading {what} needs privileges ({errno.errorcode.get(err)})",
+                         "run as root, or with CAP_BPF, CAP_PERFMON (and CAP_SYS_ADMIN for LSM hooks)", _log())
+    if p and err == errno.EPERM and p["attach"] in ("lsm", "fentry", "fexit"):
+        hint = features.bpf_lsm_hint() if p["attach"] == "lsm" else None
+        return LoadError(f"this kernel refused to load {what} as {p['attach']} (EPERM)",
+                         hint or "BPF trampolines (fentry/fexit/LSM) need a kernel whose ftrace can be "
+                                 "modified; this one refuses them. Try it in a VM (see the kernel test tier)",
+                         _log())
+    if err in (errno.ESRCH, errno.ENOENT):
+        return LoadError(f"{what}: the hook is missing from this kernel ({errno.errorcode.get(err)})",
+                         "check the script with `hookql check` on this kernel", _log())
+    return LoadError(f"the kernel's verifier rejected {what}: {libbpf.strerror(err)}",
+                     "this is a HookQL bug: please report it with the verifier log (-v)", _log())
+
+
+def _attach_error(err: int, p: dict) -> LoadError:
+    name = errno.errorcode.get(err, str(err))
+    if p["attach"] in ("kprobe", "kretprobe") and not features.has_kprobes():
+        return LoadError(f"cannot attach {p['text']}: this kernel has no kprobes (CONFIG_KPROBES)",
+                         "run it on a kernel with kprobes, or where BPF trampolines work (fentry)", _log())
+    if p["attach"] == "lsm":
+        hint = features.bpf_lsm_hint()
+        if hint:
+            return LoadError(f"cannot attach {p['text']}: {name}", hint, _log())
+    if p["attach"] == "tp" and err == errno.ENOENT:
+        return LoadError(f"cannot attach {p['text']}: no such tracepoint on this kernel", None, _log())
+    return LoadError(f"cannot attach {p['text']}: {libbpf.strerror(err)}", None, _log())

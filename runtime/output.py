@@ -1,0 +1,147 @@
+"""Printing results: text tables and bpftrace-style histograms, or JSON lines."""
+from __future__ import annotations
+
+import json
+import sys
+
+from hookql.runtime.decode import Row, display
+
+BAR = 52
+
+
+def bucket_bounds(agg: dict) -> list[tuple[int | None, int | None]]:
+    """[lo, hi) of every slot; None is unbounded."""
+    if agg["func"] == "hist":
+        out = [(None, 0), (0, 1)]
+        out += [(1 << i, 1 << (i + 1)) for i in range(agg["buckets"] - 2)]
+        return out
+    lo, hi, step = agg["lhist"]
+    inner = [(lo + i * step, min(lo + (i + 1) * step, hi)) for i in range(agg["buckets"] - 2)]
+    return [(None, lo), *inner, (hi, None)]
+
+
+def _num(v: int) -> str:
+    for unit, size in (("G", 1 << 30), ("M", 1 << 20), ("K", 1 << 10)):
+        if v and v % size == 0 and abs(v) >= size:
+            return f"{v // size}{unit}"
+    return str(v)
+
+
+def bucket_label(lo, hi, func: str) -> str:
+    if func == "hist" and lo is not None and hi == lo + 1:
+        return f"[{_num(lo)}]"
+    return f"{'(...' if lo is None else '[' + _num(lo)}, {'...)' if hi is None else _num(hi) + ')'}"
+
+
+def _key_text(agg: dict, key: dict) -> list[str]:
+    return [str(display(key[f["name"]], f["display"])) for f in agg["by"]]
+
+
+def _value_text(agg: dict, value) -> str:
+    if value is None:
+        return "-"
+    return str(display(value, agg["value_display"] if agg["func"] in ("min", "max", "sum") else None))
+
+
+def _sort_value(row: Row):
+    v = row.value
+    if isinstance(v, list):
+        return sum(v)
+    return v if v is not None else 0
+
+
+class TextPrinter:
+    def __init__(self, out=sys.stdout, source: str = ""):
+        self.out = out
+        self.source = source
+
+    def header(self, agg: dict) -> None:
+        where = f"{self.source}:{agg['line']}" if self.source else f"line {agg['line']}"
+        self.out.write(f"\n{agg['probe']}: {agg['text']}   [{where}]\n")
+
+    def aggregation(self, agg: dict, rows: list[Row]) -> None:
+        self.header(agg)
+        if not rows or all(_sort_value(r) == 0 for r in rows):
+            self.out.write("  (no events)\n")
+            return
+        rows = sorted(rows, key=_sort_value, reverse=True)
+        if agg["func"] in ("hist", "lhist"):
+            for row in rows:
+                if agg["by"]:
+                    self.out.write("  " + "  ".join(f"{f['name']}={t}" for f, t in zip(agg["by"], _key_text(agg, row.key))) + "\n")
+                self.histogram(agg, row.value)
+            return
+        head = [f["name"] for f in agg["by"]] + [agg["func"]]
+        body = [_key_text(agg, r.key) + [_value_text(agg, r.value)] for r in rows]
+        widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
+        fmt = lambda cells: "  " + "  ".join(
+            c.rjust(w) if i == len(cells) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
+        self.out.write(fmt([h.upper() for h in head]).rstrip() + "\n")
+        for cells in body:
+            self.out.write(fmt(cells).rstrip() + "\n")
+
+    def histogram(self, agg: dict, counts: list[int]) -> None:
+        bounds = bucket_bounds(agg)
+        used = [i for i, c in enumerate(counts) if c]
+        if not used:
+            self.out.write("  (no events)\n")
+            return
+        top = max(counts)
+        labels = [bucket_label(*bounds[i], agg["func"]) for i in range(used[0], used[-1] + 1)]
+        lw = max(len(l) for l in labels)
+        for label, i in zip(labels, range(used[0], used[-1] + 1)):
+            bar = "@" * round(BAR * counts[i] / top) if top else ""
+            self.out.write(f"  {label:<{lw}} {counts[i]:>10} |{bar:<{BAR}}|\n")
+
+    def event(self, rec: dict, values: dict) -> None:
+        fields = {f["name"]: f for f in rec["fields"]}
+        self.out.write(" ".join(f"{k}={display(v, fields[k]['display'])}" for k, v in values.items()) + "\n")
+
+    def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
+        if enforce:
+            self.out.write(f"\n{probe}: denied {denied}\n")
+        else:
+            self.out.write(f"\n{probe}: would deny {would} (run with --enforce to deny)\n")
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+class JsonPrinter:
+    """One JSON object per line: each aggregation per print, each emitted event."""
+
+    def __init__(self, out=sys.stdout, source: str = ""):
+        self.out = out
+        self.source = source
+
+    def _write(self, obj: dict) -> None:
+        self.out.write(json.dumps(obj, default=str) + "\n")
+
+    def aggregation(self, agg: dict, rows: list[Row]) -> None:
+        out_rows = []
+        for r in sorted(rows, key=_sort_value, reverse=True):
+            key = {f["name"]: _jsonable(display(r.key[f["name"]], f["display"])) for f in agg["by"]}
+            if agg["func"] in ("hist", "lhist"):
+                value = [{"min": lo, "max": hi, "count": c}
+                         for (lo, hi), c in zip(bucket_bounds(agg), r.value) if c]
+            else:
+                value = _jsonable(r.value)
+            out_rows.append({"key": key, "value": value})
+        self._write({"probe": agg["probe"], "aggregation": agg["func"], "text": agg["text"], "line": agg["line"],
+                     "by": [f["name"] for f in agg["by"]], "rows": out_rows})
+
+    def event(self, rec: dict, values: dict) -> None:
+        fields = {f["name"]: f for f in rec["fields"]}
+        self._write({"probe": rec["probe"], "line": rec["line"],
+                     "event": {k: _jsonable(display(v, fields[k]["display"])) for k, v in values.items()}})
+
+    def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
+        self._write({"probe": probe, "aggregation": "deny", "enforce": enforce, "denied": denied,
+                     "would_deny": would})
+
+    def flush(self) -> None:
+        self.out.flush()
+
+
+def _jsonable(v):
+    return v if isinstance(v, (int, float, str)) or v is None else str(v)

@@ -1,0 +1,168 @@
+"""`hookql run`: attach, wait, print, release.
+
+Runs until Ctrl-C, SIGTERM, --duration, the -c command's exit or the -p
+process's exit; prints every aggregation (also every --every); reports what
+was lost (full maps, ring-buffer drops).  The BpfObject context releases all
+links and fds whatever ends the run.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+import shlex
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+
+from hookql.runtime import features, libbpf
+from hookql.runtime.decode import MapReader, decode_key
+from hookql.runtime.loader import BpfObject, LoadError
+from hookql.runtime.output import JsonPrinter, TextPrinter
+
+POLL_MS = 100
+
+
+@dataclass
+class RunOptions:
+    duration: float | None = None
+    every: float | None = None
+    command: str | None = None
+    pid: int | None = None
+    format: str = "text"
+    enforce: bool = False
+    verbose: bool = False
+    map_entries: int | None = None
+
+
+class Session:
+    def __init__(self, obj_path, layout: dict, opts: RunOptions, out=None, err=None):
+        self.obj_path = obj_path
+        self.layout = layout
+        self.opts = opts
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        source = os.path.basename(layout["source"])
+        self.printer = (JsonPrinter if opts.format == "json" else TextPrinter)(self.out, source)
+        self.stop_reason: str | None = None
+        self.callback_errors: list[str] = []
+        self.records = {r["id"]: r for r in layout["emits"]}
+
+    # -- the run --
+    def run(self) -> int:
+        if any(p["attach"] == "tp" for p in self.layout["probes"]):
+            features.ensure_tracefs()
+        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        child = None
+        try:
+            with BpfObject(self.obj_path, self.layout) as obj:
+                obj.configure(self.opts.pid or 0, self.opts.enforce, self.opts.map_entries)
+                obj.load()
+                links = obj.attach_all()
+                self.err.write(f"Attached {len(links)} probe{'s' * (len(links) != 1)}\n")
+                if self.opts.verbose:
+                    for a in links:
+                        self.err.write(f"  {a.probe} as {a.attach}\n")
+                self.err.flush()
+                child = self._start_child()
+                self._loop(obj, child)
+                self._final(obj)
+        finally:
+            for s, h in old.items():
+                signal.signal(s, h)
+            if child is not None and child.poll() is None:
+                child.terminate()
+                child.wait()
+        return 0
+
+    def _on_signal(self, signum, frame) -> None:
+        self.stop_reason = signal.Signals(signum).name
+
+    def _start_child(self):
+        if not self.opts.command:
+            return None
+        try:
+            return subprocess.Popen(shlex.split(self.opts.command))
+        except (OSError, ValueError) as exc:
+            raise LoadError(f"cannot run -c {self.opts.command!r}: {getattr(exc, 'strerror', None) or exc}")
+
+    def _loop(self, obj: BpfObject, child) -> None:
+        l = libbpf.lib()
+        rb = None
+        cb = libbpf.SAMPLE_FN(self._on_event)
+        if self.records:
+            rb = libbpf.check_ptr(l.ring_buffer__new(obj.map_fd("hq_events"), cb, None, None), "ring_buffer__new")
+        try:
+            start = time.monotonic()
+            next_print = start + self.opts.every if self.opts.every else None
+            while self.stop_reason is None:
+                now = time.monotonic()
+                if self.opts.duration is not None and now - start >= self.opts.duration:
+                    break
+                if child is not None and child.poll() is not None:
+                    break
+                if self.opts.pid and not _alive(self.opts.pid):
+                    break
+                if next_print is not None and now >= next_print:
+                    self.print_all(obj)
+                    next_print += self.opts.every
+                if rb:
+                    l.ring_buffer__poll(rb, POLL_MS)  # -EINTR on a signal: the loop checks why
+                    self.printer.flush()
+                else:
+                    time.sleep(POLL_MS / 1000)
+            if rb:
+                l.ring_buffer__consume(rb)  # what arrived before the stop still prints
+        finally:
+            if rb:
+                l.ring_buffer__free(rb)
+
+    def _on_event(self, ctx, data, size) -> int:
+        try:
+            raw = ctypes.string_at(data, size)
+            rec = self.records[int.from_bytes(raw[:4], "little")]
+            self.printer.event(rec, decode_key(raw, rec["fields"]))
+        except Exception as exc:  # a ctypes callback must not raise; reported at exit
+            self.callback_errors.append(f"{type(exc).__name__}: {exc}")
+        return 0
+
+    # -- printing --
+    def print_all(self, obj: BpfObject) -> dict[str, int]:
+        reader = MapReader()
+        for agg in self.layout["aggregations"]:
+            self.printer.aggregation(agg, reader.rows(obj.map_fd(agg["map"]), agg))
+        stats = reader.stats(obj.map_fd("hq_stats"), self.layout["stats"])
+        for p in self.layout["probes"]:
+            if p["deny"]:
+                i = p["index"]
+                self.printer.deny(p["text"], stats[f"probe{i}_denied"], stats[f"probe{i}_would_deny"],
+                                  self.opts.enforce)
+        self.printer.flush()
+        return stats
+
+    def _final(self, obj: BpfObject) -> None:
+        stats = self.print_all(obj)
+        lost = []
+        if stats.get("ringbuf_drops"):
+            lost.append(f"{stats['ringbuf_drops']} emitted events lost: the ring buffer was full "
+                        "(the reader fell behind)")
+        for agg in self.layout["aggregations"]:
+            n = stats.get(f"{agg['map']}_full")
+            if n:
+                lost.append(f"{n} events not counted in `{agg['text']}` (line {agg['line']}): its map is full; "
+                            "raise --map-size")
+        for msg in self.callback_errors[:5]:
+            lost.append(f"an event could not be decoded: {msg}")
+        for msg in lost:
+            self.err.write(f"hookql: warning: {msg}\n")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
