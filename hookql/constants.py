@@ -18,6 +18,17 @@ ADDRESS_FAMILIES = {
     "AF_ISDN": 34, "AF_PHONET": 35, "AF_IEEE802154": 36, "AF_CAIF": 37, "AF_ALG": 38, "AF_NFC": 39,
     "AF_VSOCK": 40, "AF_KCM": 41, "AF_QIPCRTR": 42, "AF_SMC": 43, "AF_XDP": 44, "AF_MCTP": 45,
 }
+# include/uapi/asm-generic/socket.h and linux/socket.h (x86-64 and arm64 use these values)
+SOCKET_OPTIONS = {
+    "SOL_SOCKET": 1, "SOL_IP": 0, "SOL_TCP": 6, "SOL_UDP": 17, "SOL_IPV6": 41,
+    "SO_DEBUG": 1, "SO_REUSEADDR": 2, "SO_TYPE": 3, "SO_ERROR": 4, "SO_DONTROUTE": 5, "SO_BROADCAST": 6,
+    "SO_SNDBUF": 7, "SO_RCVBUF": 8, "SO_KEEPALIVE": 9, "SO_OOBINLINE": 10, "SO_NO_CHECK": 11,
+    "SO_PRIORITY": 12, "SO_LINGER": 13, "SO_BSDCOMPAT": 14, "SO_REUSEPORT": 15, "SO_PASSCRED": 16,
+    "SO_PEERCRED": 17, "SO_RCVLOWAT": 18, "SO_SNDLOWAT": 19, "SO_BINDTODEVICE": 25, "SO_ATTACH_FILTER": 26,
+    "SO_PEERNAME": 28, "SO_ACCEPTCONN": 30, "SO_PEERSEC": 31, "SO_SNDBUFFORCE": 32, "SO_RCVBUFFORCE": 33,
+    "SO_PASSSEC": 34, "SO_MARK": 36, "SO_PROTOCOL": 38, "SO_DOMAIN": 39, "SO_BUSY_POLL": 46,
+    "SO_INCOMING_CPU": 49, "SO_COOKIE": 57, "SO_PEERGROUPS": 59, "SO_ZEROCOPY": 60, "SO_BINDTOIFINDEX": 62,
+}
 # Linux errno values, as Python (on Linux) knows them.
 ERRNOS = {name: value for value, name in _errno.errorcode.items()}
 ERRNOS.update({n: getattr(_errno, n) for n in dir(_errno) if n.startswith("E") and isinstance(getattr(_errno, n), int)})
@@ -48,6 +59,8 @@ def lookup(name: str, btf) -> Constant | None:
         return Constant(name, ADDRESS_FAMILIES[name], "linux/socket.h")
     if name in ERRNOS:
         return Constant(name, ERRNOS[name], "errno")
+    if name in SOCKET_OPTIONS:
+        return Constant(name, SOCKET_OPTIONS[name], "asm-generic/socket.h")
     if not name[:1].isupper():
         return None
     hit = btf.enumerators().get(name)
@@ -61,5 +74,6 @@ def names_like(prefix: str, btf) -> list[str]:
     """Constant names starting with prefix (for suggestions and completion)."""
     out = [n for n in ADDRESS_FAMILIES if n.startswith(prefix)]
     out += [n for n in ERRNOS if n.startswith(prefix)]
+    out += [n for n in SOCKET_OPTIONS if n.startswith(prefix)]
     out += [n for n in btf.enumerators() if n.startswith(prefix)]
     return sorted(set(out))

@@ -10,6 +10,26 @@ TRACEFS = Path("/sys/kernel/tracing")
 BPFFS = Path("/sys/fs/bpf")
 
 
+CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
+
+
+def effective_caps() -> int:
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("CapEff:"):
+                return int(line.split()[1], 16)
+    except OSError:
+        pass  # no /proc: assume nothing, the kernel will say
+    return 0
+
+
+def can_load_bpf() -> bool:
+    """CAP_SYS_ADMIN, or CAP_BPF with CAP_PERFMON (tracing programs need both)."""
+    caps = effective_caps()
+    has = lambda c: bool(caps >> c & 1)
+    return has(CAP_SYS_ADMIN) or (has(CAP_BPF) and has(CAP_PERFMON))
+
+
 def has_kprobes() -> bool:
     """kprobes through perf (the kprobe PMU) or tracefs' kprobe_events."""
     return Path("/sys/bus/event_source/devices/kprobe/type").exists() or (TRACEFS / "kprobe_events").exists()

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import os
 import re
 from dataclasses import dataclass
 
@@ -128,15 +127,18 @@ def _failed_probe(layout: dict) -> dict | None:
 def _load_error(err: int, layout: dict) -> LoadError:
     p = _failed_probe(layout)
     what = p["text"] if p else "the programs"
-    if err in (errno.EPERM, errno.EACCES) and os.geteuid() != 0:
+    if err in (errno.EPERM, errno.EACCES) and not features.can_load_bpf():
         return LoadError(f"loading {what} needs privileges ({errno.errorcode.get(err)})",
                          "run as root, or with CAP_BPF, CAP_PERFMON (and CAP_SYS_ADMIN for LSM hooks)", _log())
     if p and err == errno.EPERM and p["attach"] in ("lsm", "fentry", "fexit"):
         hint = features.bpf_lsm_hint() if p["attach"] == "lsm" else None
-        return LoadError(f"this kernel refused to load {what} as {p['attach']} (EPERM)",
-                         hint or "BPF trampolines (fentry/fexit/LSM) need a kernel whose ftrace can be "
-                                 "modified; this one refuses them. Try it in a VM (see the kernel test tier)",
-                         _log())
+        why = f"refused to load {what} as {p['attach']} (EPERM)"
+        if p["attach"] in ("fentry", "fexit"):
+            why = f"has no kprobes (CONFIG_KPROBES) and {why}"
+        return LoadError(f"cannot attach {what}: this kernel {why}",
+                         hint or "BPF trampolines (fentry/fexit/LSM programs) need an ftrace the kernel lets BPF "
+                                 "modify; this one refuses. Run it on a stock distribution kernel (or the VM "
+                                 "of the kernel test tier)", _log())
     if err in (errno.ESRCH, errno.ENOENT):
         return LoadError(f"{what}: the hook is missing from this kernel ({errno.errorcode.get(err)})",
                          "check the script with `hookql check` on this kernel", _log())
