@@ -318,7 +318,7 @@ class _ProbeLowering:
             elif isinstance(a, n.Deny):
                 deny = self.deny(a)
         post = [l for l in self.order if l not in pre]
-        return Probe(self.index, c.probe.text if h is None else h.probe, h.provider, attach, section,
+        return Probe(self.index, h.probe, h.provider, attach, section,
                      c.span.line, params, ret, pre, post, where, c.where.span.line if c.where else c.span.line,
                      actions, deny)
 
@@ -341,7 +341,9 @@ class _ProbeLowering:
         if attach in ("kprobe", "fentry", "lsm"):
             if attach == "kprobe" and len(params) > 5:
                 params = params[:5]  # BPF_KPROBE reads at most 5 register arguments
-            return params, ("int", "ret") if attach == "lsm" else None
+            # An LSM program sees the verdict so far as a last argument, but only
+            # for hooks that return int; void hooks have no such slot.
+            return params, ("int", "ret") if attach == "lsm" and ret else None
         if attach == "kretprobe":
             return [], ret
         return params, ret  # fexit sees the arguments and the return value

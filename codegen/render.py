@@ -59,7 +59,7 @@ def render(prog: Program, btf: Btf, sig_params: dict, source_name: str) -> str:
         prog.helpers.add("streq")
     types = kernel_types(prog, btf, sig_params)
     return _env().get_template("program.bpf.c.j2").render(
-        prog=prog, types=types, version=__version__, btf_label=btf.label, source=_c_string(source_name),
+        prog=prog, types=types, version=__version__, source=_c_string(source_name),
         map_entries=DEFAULT_MAP_ENTRIES, ringbuf_size=RINGBUF_SIZE,
     )
 

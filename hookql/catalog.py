@@ -37,6 +37,7 @@ class SeedEntry:
     returns: tuple[str, ...]
     in_kernels: tuple[str, ...]
     suggest: str | None
+    caveat: dict | None = None  # {"why": ..., "use": better hook or None}
 
     def seed_decl(self) -> str:
         args = ", ".join(f"{t}{'' if t.endswith('*') else ' '}{n}" for t, n in self.seed_args)
@@ -74,6 +75,10 @@ class Hook:
         return self.fields.get("retval")
 
     @property
+    def caveat(self) -> dict | None:
+        return next((e.caveat for e in self.seeds if e.caveat), None)
+
+    @property
     def can_deny(self) -> bool:
         return self.provider == "lsm" and self.sig is not None and self.sig.ret.strip().kind != "void"
 
@@ -105,7 +110,7 @@ class Catalog:
             entries.append(SeedEntry(
                 e["seed_file"], e["seed_name"], e["provider"], e["hook"], e["title"], e["description_ko"],
                 e["use_case"], e["source"], e["actual_source"], tuple(tuple(a) for a in e["seed_args"]),
-                tuple(e["returns"]), tuple(e["in_kernels"]), e["suggest"]))
+                tuple(e["returns"]), tuple(e["in_kernels"]), e["suggest"], e.get("caveat")))
         return cls(entries, data["kernels"])
 
     def hook_names(self, provider: str) -> list[str]:

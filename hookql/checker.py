@@ -276,6 +276,10 @@ class _ClauseChecker:
             self.diags.error(c.probe.span, str(exc), exc.hint)
             return
         c.hook = self.hook
+        if self.hook.caveat and self.hook.provider in ("kprobe", "kretprobe"):
+            cv = self.hook.caveat
+            self.diags.warning(c.probe.span, f"{self.hook.probe}: {cv['why']}",
+                               f"use {self.hook.provider}:{cv['use']}" if cv["use"] else None)
         if c.where is not None:
             t = self.expr(c.where)
             if t is not None and t.kind != "bool":

@@ -132,75 +132,72 @@ def _checked_or_report(src: Source, kern: K.Kernel):
     return result.checked
 
 
-def _lowering_or_build_error(exc, src: Source) -> int:
+def _single_script(args, cmd: str, kern: K.Kernel):
+    """The one script `run`/`compile` take, checked; or the exit code after saying why not."""
+    sources = _read_sources([args.file] if args.file else [], args.expr)
+    if sources is None:
+        return 1
+    if len(sources) != 1:
+        print(f"hookql {cmd}: give one FILE or -e SCRIPT", file=sys.stderr)
+        return 2
+    checked = _checked_or_report(sources[0], kern)
+    return checked if checked is not None else 1
+
+
+def _build(checked, mode: str, out=None):
+    """Compile to an object; or the exit code after reporting a lowering or clang failure."""
     from hookql.codegen.build import BuildError
     from hookql.codegen.ir import LoweringError
+    from hookql.pipeline import compile_checked
 
-    if isinstance(exc, LoweringError):
+    try:
+        return compile_checked(checked, mode, out)
+    except LoweringError as exc:
         print(Diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
-        return 1
-    assert isinstance(exc, BuildError)
-    print(f"hookql: error: clang could not build the generated program:\n{exc}\n"
-          "  this is a bug in HookQL; `hookql compile --emit-c` shows the C", file=sys.stderr)
+    except BuildError as exc:
+        print(f"hookql: error: clang could not build the generated program:\n{exc}\n"
+              "  this is a bug in HookQL; `hookql compile --emit-c` shows the C", file=sys.stderr)
     return 1
 
 
 # -- run and compile --------------------------------------------------------------
 def cmd_compile(args) -> int:
-    from hookql.codegen.build import BuildError
     from hookql.codegen.ir import LoweringError
-    from hookql.pipeline import compile_checked, generate_c
+    from hookql.pipeline import generate_c
     from hookql.runtime import features
 
-    sources = _read_sources([args.file] if args.file else [], args.expr)
-    if sources is None:
-        return 1
-    if len(sources) != 1:
-        print("hookql compile: give one FILE or -e SCRIPT", file=sys.stderr)
-        return 2
-    src = sources[0]
-    kern = K.select(args.kernel, args.btf)
-    checked = _checked_or_report(src, kern)
-    if checked is None:
-        return 1
+    checked = _single_script(args, "compile", K.select(args.kernel, args.btf))
+    if isinstance(checked, int):
+        return checked
     mode = features.func_mode() if args.attach == "auto" else args.attach
-    try:
-        if args.emit_c:
+    if args.emit_c:
+        try:
             sys.stdout.write(generate_c(checked, mode)[0])
-            return 0
-        out = args.output or (os.path.splitext(args.file)[0] + ".bpf.o" if args.file else "out.bpf.o")
-        compiled = compile_checked(checked, mode, out)
-    except (LoweringError, BuildError) as exc:
-        return _lowering_or_build_error(exc, src)
+        except LoweringError as exc:
+            print(Diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
+            return 1
+        return 0
+    out = args.output or (os.path.splitext(args.file)[0] + ".bpf.o" if args.file else "out.bpf.o")
+    compiled = _build(checked, mode, out)
+    if isinstance(compiled, int):
+        return compiled
     print(f"wrote {out} ({'cached' if compiled.cached else 'built'}; kprobes attach as {mode})", file=sys.stderr)
     return 0
 
 
 def cmd_run(args) -> int:
-    from hookql.codegen.build import BuildError
-    from hookql.codegen.ir import LoweringError
-    from hookql.pipeline import compile_checked
     from hookql.runtime import features
     from hookql.runtime.libbpf import LibbpfError
     from hookql.runtime.loader import LoadError
     from hookql.runtime.session import RunOptions, Session
 
-    sources = _read_sources([args.file] if args.file else [], args.expr)
-    if sources is None:
-        return 1
-    if len(sources) != 1:
-        print("hookql run: give one FILE or -e SCRIPT", file=sys.stderr)
-        return 2
-    src = sources[0]
-    kern = K.running()
-    checked = _checked_or_report(src, kern)
-    if checked is None:
-        return 1
+    checked = _single_script(args, "run", K.running())
+    if isinstance(checked, int):
+        return checked
     mode = features.func_mode()
-    try:
-        compiled = compile_checked(checked, mode)
-    except (LoweringError, BuildError) as exc:
-        return _lowering_or_build_error(exc, src)
+    compiled = _build(checked, mode)
+    if isinstance(compiled, int):
+        return compiled
     if args.verbose:
         print(f"hookql: object {compiled.object_path} ({'cached' if compiled.cached else 'built'}); "
               f"kprobes attach as {mode}", file=sys.stderr)
@@ -315,6 +312,8 @@ def _print_hook(h: Hook, cat: Catalog) -> None:
     if h.seeds:
         refs = ", ".join(h.seeds[0].in_kernels) or "none"
         out(f"  Reference kernels with it: {refs}")
+    if h.caveat:
+        out(f"  Caveat: {h.caveat['why']}" + (f"; use {h.provider}:{h.caveat['use']}" if h.caveat["use"] else ""))
     if h.aliases:
         out("  Seed names accepted: " + ", ".join(f"{a} = {k}" for a, k in h.aliases.items()))
     if h.seed_only:

@@ -274,3 +274,10 @@ def test_use_of_a_local_file(k618, tmp_path):
     main.write_text('use "ports.hq"\non lsm:socket_connect where dport in ports.WEB { count }\n')
     r = check_source(Source.from_path(main), k618)
     assert r.ok, [d.render() for d in r.diagnostics]
+
+
+def test_inline_wrapper_hook_warns_with_the_real_function(k61):
+    d = check("on kprobe:dev_queue_xmit { count }", k61)
+    (w,) = d
+    assert w.severity == "warning" and at(w) == (1, 4)
+    assert "inline wrapper" in w.message and w.hint == "use kprobe:__dev_queue_xmit"

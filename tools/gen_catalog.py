@@ -107,6 +107,17 @@ def suggestion(entry: dict, ref: dict | None, btfs: dict[str, Btf]) -> str | Non
     return None
 
 
+def caveat(entry: dict, ref: dict | None) -> dict | None:
+    """Kernel functions with no traceable out-of-line body (inline wrappers):
+    a probe may not attach, or sees only a few callers."""
+    if not ref or entry["provider"] != "kprobe" or ref.get("ftrace_6_1") is not False:
+        return None
+    use = re.search(r"use (\w+)", ref.get("notes", ""))
+    return {"why": f"{entry['hook']} is an inline wrapper in the kernel: its only out-of-line copy is local "
+                   "and not traceable, so a probe may fail to attach or see only a few calls",
+            "use": use[1] if use else None}
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--seeds", type=Path, default=REPO.parent / "shared" / "seeds")
@@ -135,6 +146,7 @@ def main() -> int:
             e["actual_source"] = (ref or {}).get("actual_source")
             e["in_kernels"] = [k for k, b in btfs.items() if exists(b, e["provider"], e["hook"])]
             e["suggest"] = None if e["in_kernels"] else suggestion(e, ref, btfs)
+            e["caveat"] = caveat(e, ref)
             entries.append(e)
 
     (DATA / "btf").mkdir(parents=True, exist_ok=True)
