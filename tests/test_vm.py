@@ -161,3 +161,11 @@ def test_killed_hookql_stops_enforcing(guest_run):
     s = guest_run["scenarios"]["enforce=True,kill"]
     assert s["during"]["4444"] == "EPERM"
     assert s["after"] == "ok" and not s["left_attached"]
+
+
+def test_deny_stops_when_the_run_ends_by_itself(guest_run):
+    s = guest_run["scenarios"]["enforce=True,exit"]
+    assert s["rc"] == 0, s["stderr"]
+    assert s["during"] == {"4444": "EPERM", "4445": "ok"}
+    assert s["after"] == "ok" and not s["left_attached"]
+    assert "lsm:socket_connect: denied 1" in s["output"]

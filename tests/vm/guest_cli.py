@@ -86,12 +86,18 @@ def scenario_mixed(name: str) -> dict:
 
 
 def scenario_enforce(enforce: bool, how: str) -> dict:
+    """how: term (SIGTERM), kill (SIGKILL) or exit (the run ends by itself when -c's command does)."""
     l4 = listener(socket.AF_INET, ("127.0.0.1", 4444))
     l5 = listener(socket.AF_INET, ("127.0.0.1", 4445))
-    p = start(["run", "-e", ENFORCE] + (["--enforce"] if enforce else []))
+    extra = ["-c", "sleep 5"] if how == "exit" else []
+    p = start(["run", "-e", ENFORCE] + (["--enforce"] if enforce else []) + extra)
     during = {"4444": connect(socket.AF_INET, ("127.0.0.1", 4444)),
               "4445": connect(socket.AF_INET, ("127.0.0.1", 4445))}
-    rc, out, err = stop(p, signal.SIGKILL if how == "kill" else signal.SIGTERM)
+    if how == "exit":
+        out, err = p.communicate(timeout=300)
+        rc = p.returncode
+    else:
+        rc, out, err = stop(p, signal.SIGKILL if how == "kill" else signal.SIGTERM)
     time.sleep(0.5)
     after = connect(socket.AF_INET, ("127.0.0.1", 4444))
     progs = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
@@ -103,7 +109,7 @@ def scenario_enforce(enforce: bool, how: str) -> dict:
 if __name__ == "__main__":
     for fn, arg in ((scenario_mixed, ("design_card",)), (scenario_mixed, ("typed",)),
                     (scenario_enforce, (True, "term")), (scenario_enforce, (False, "term")),
-                    (scenario_enforce, (True, "kill"))):
+                    (scenario_enforce, (True, "kill")), (scenario_enforce, (True, "exit"))):
         try:
             print(json.dumps(fn(*arg)), flush=True)
         except Exception as exc:  # one broken scenario must not hide the others' results
