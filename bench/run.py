@@ -1,0 +1,360 @@
+#!/usr/bin/env python3
+"""HookQL vs bpftrace vs hand-written libbpf C, side by side, in one run.
+
+    sudo python3 bench/run.py [--n 2000000] [--rounds 5] [--out bench/results]
+
+Measures, for the same work in each tool (medians of --rounds):
+  cost      in-kernel ns/event from the kernel's bpf_stats (run_time_ns / run_cnt)
+            while bench/workload makes N getsockopt calls; xlated/jited sizes
+  growth    the same for `count by level` with 1, 1k and 100k distinct keys
+  startup   invocation -> probes live, cold and warm cache, 1 and 20 probes
+  streaming one event per call at full rate: delivered, lost
+  memory    peak RSS (VmHWM) of the tool's process
+Writes OUT/results.json, OUT/results.png and prints a table with ratios.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+BUILD = HERE / "build"
+TP = "tracepoint:syscalls:sys_enter_getsockopt"
+TOOLS = ("hookql", "bpftrace", "handwritten")
+
+# The same work in each tool.
+SCRIPTS = {
+    "count_by_comm": {"hookql": f"on {TP} {{ count by comm }}",
+                      "bpftrace": f"{TP} {{ @[comm] = count(); }}", "handwritten": "count_by_comm"},
+    "filter_sum": {"hookql": f"on {TP} where level == 1 {{ sum(optname) by comm }}",
+                   "bpftrace": f"{TP} /args->level == 1/ {{ @[comm] = sum(args->optname); }}",
+                   "handwritten": "filter_sum"},
+    "hist": {"hookql": f"on {TP} {{ hist(optname) }}", "bpftrace": f"{TP} {{ @ = hist(args->optname); }}",
+             "handwritten": "hist"},
+}
+GROWTH = {"hookql": f"on {TP} {{ count by level }}", "bpftrace": f"{TP} {{ @[args->level] = count(); }}",
+          "handwritten": "count_by_level"}
+STREAM = {"hookql": f"on {TP} {{ emit pid, comm }}",
+          "bpftrace": f'{TP} {{ printf("%d %s\\n", pid, comm); }}', "handwritten": "emit"}
+# 20 syscall tracepoints for the startup test; getsockopt last, so its first event means all are live.
+SYSCALLS = ["socket", "connect", "accept4", "bind", "listen", "sendto", "recvfrom", "sendmsg", "recvmsg",
+            "shutdown", "socketpair", "setsockopt", "getsockname", "getpeername", "openat", "close", "read",
+            "write", "mmap", "getsockopt"]
+
+
+# -- building -------------------------------------------------------------------------
+def build() -> None:
+    BUILD.mkdir(exist_ok=True)
+    cc = lambda *a: subprocess.run(list(a), check=True, cwd=HERE)
+    cc("gcc", "-O2", "-o", str(BUILD / "workload"), "workload.c")
+    cc("gcc", "-O2", "-o", str(BUILD / "loader"), "ref/loader.c", "-lbpf")
+    vmlinux_h = BUILD / "vmlinux.h"
+    if not vmlinux_h.exists():
+        with open(vmlinux_h, "w") as f:
+            subprocess.run(["bpftool", "btf", "dump", "file", "/sys/kernel/btf/vmlinux", "format", "c"], stdout=f,
+                           check=True)
+    arch = {"x86_64": "x86", "aarch64": "arm64"}.get(platform.machine(), "x86")
+    for src in (HERE / "ref").glob("*.bpf.c"):
+        cc("clang", "-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-O2", "-g", f"-I{BUILD}", f"-I{HERE / 'ref'}",
+           "-c", str(src), "-o", str(BUILD / src.name.replace(".bpf.c", ".bpf.o")))
+
+
+# -- the kernel's own accounting ------------------------------------------------------------
+def progs() -> dict[int, dict]:
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout
+    return {p["id"]: p for p in json.loads(out) if p.get("type") == "tracepoint"}
+
+
+def stats(ids) -> tuple[int, int]:
+    now = progs()
+    return (sum(now[i].get("run_time_ns", 0) for i in ids if i in now),
+            sum(now[i].get("run_cnt", 0) for i in ids if i in now))
+
+
+def poke() -> None:
+    s = socket.socket()
+    s.getsockopt(socket.SOL_SOCKET, socket.SO_TYPE)
+    s.close()
+
+
+# -- running a tool ---------------------------------------------------------------------------
+class Tool:
+    def __init__(self, tool: str, script: str, cache: str | None = None, stdout=subprocess.DEVNULL):
+        self.tool = tool
+        env = dict(os.environ)
+        if cache:
+            env["XDG_CACHE_HOME"] = cache
+        if tool == "hookql":
+            cmd = [sys.executable, "-m", "hookql", "run", "-e", script]
+        elif tool == "bpftrace":
+            cmd = ["bpftrace", "-e", script]
+            env["BPFTRACE_PERF_RB_PAGES"] = env.get("BPFTRACE_PERF_RB_PAGES", "64")
+        else:
+            cmd = [str(BUILD / "loader"), str(BUILD / f"{script}.bpf.o")]
+        self.before = set(progs())
+        self.t0 = time.monotonic()
+        self.proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
+
+    def wait_live(self, expected: int = 1, timeout: float = 120) -> float:
+        """Seconds from invocation until all `expected` programs are loaded and
+        the getsockopt one has run (the last one the scripts attach)."""
+        deadline = self.t0 + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{self.tool} exited: {self.proc.stderr.read()}")
+            poke()
+            new = {i: p for i, p in progs().items() if i not in self.before}
+            if len(new) >= expected and any(p.get("run_cnt", 0) > 0 for p in new.values()):
+                self.ids = list(new)
+                return time.monotonic() - self.t0
+            time.sleep(0.005)
+        raise TimeoutError(f"{self.tool} never went live")
+
+    def peak_rss_kb(self) -> int:
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+        return 0
+
+    def stop(self) -> tuple[str, str]:
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            out, err = self.proc.communicate(timeout=120)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        return out or "", err or ""
+
+
+def workload(n: int, keys: int = 1) -> float:
+    out = subprocess.run([str(BUILD / "workload"), str(n), str(keys)], capture_output=True, text=True, check=True)
+    return float(out.stdout.strip())
+
+
+def run_cost(tool: str, script: str, n: int, keys: int = 1) -> dict:
+    t = Tool(tool, script)
+    try:
+        t.wait_live()
+        rt0, cnt0 = stats(t.ids)
+        per_call = workload(n, keys)
+        rt1, cnt1 = stats(t.ids)
+        info = progs()
+        xl = sum(info[i].get("bytes_xlated", 0) for i in t.ids if i in info)
+        jit = sum(info[i].get("bytes_jited", 0) for i in t.ids if i in info)
+        rss = t.peak_rss_kb()
+    finally:
+        t.stop()
+    events = cnt1 - cnt0
+    return {"ns_per_event": (rt1 - rt0) / events if events else None, "events": events, "xlated": xl,
+            "jited": jit, "workload_ns_per_call": per_call, "rss_kb": rss}
+
+
+def run_startup(tool: str, script: str, probes: int, cold: bool) -> float:
+    cache = tempfile.mkdtemp(prefix="hqbench-cache-") if cold else None
+    try:
+        t = Tool(tool, script, cache=cache)
+        try:
+            return t.wait_live(expected=probes)
+        finally:
+            t.stop()
+    finally:
+        if cache:
+            shutil.rmtree(cache, ignore_errors=True)
+
+
+def run_stream(tool: str, script: str, n: int) -> dict:
+    out_file = tempfile.TemporaryFile(mode="w+")
+    t = Tool(tool, script, stdout=out_file)
+    try:
+        t.wait_live()
+        rt0, cnt0 = stats(t.ids)
+        per_call = workload(n)
+        time.sleep(1.0)  # let the reader drain
+        rt1, cnt1 = stats(t.ids)
+    finally:
+        _, err = t.stop()
+    out_file.seek(0)
+    text = out_file.read()
+    fired = cnt1 - cnt0
+    if tool == "handwritten":
+        delivered = int(next((l.split()[1] for l in text.splitlines() if l.startswith("received")), 0))
+    else:
+        delivered = sum(1 for l in text.splitlines() if "hqbench" in l)
+    return {"fired": fired, "delivered": min(delivered, fired), "lost": max(fired - delivered, 0),
+            "rate_per_s": 1e9 / per_call if per_call else None, "reported_lost": _reported_lost(err)}
+
+
+def _reported_lost(err: str) -> int | None:
+    """What the tool itself told the user it lost (None: it said nothing)."""
+    for line in err.splitlines():
+        words = line.split()
+        if "emitted events lost" in line:  # hookql
+            return int(words[2])
+        if line.startswith("Lost ") and "events" in line:  # bpftrace
+            return int(words[1])
+    return None
+
+
+# -- the run -------------------------------------------------------------------------------------
+def median(xs):
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description="HookQL vs bpftrace vs hand-written libbpf C")
+    ap.add_argument("--n", type=int, default=2_000_000, help="getsockopt calls per measurement")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--keys", default="1,1000,100000", help="distinct keys for the growth test")
+    ap.add_argument("--out", type=Path, default=HERE / "results")
+    args = ap.parse_args()
+    if os.geteuid() != 0:
+        sys.exit("bench/run.py loads BPF programs: run it as root")
+    if not shutil.which("bpftrace"):
+        sys.exit("bpftrace is not installed (apt-get install bpftrace)")
+    subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
+    build()
+    res: dict = {"machine": {"kernel": os.uname().release, "cpu": _cpu(), "cores": os.cpu_count(),
+                             "bpftrace": _version(["bpftrace", "--version"]),
+                             "clang": _version(["clang", "--version"]), "n": args.n, "rounds": args.rounds},
+                 "cost": {}, "growth": {}, "startup": {}, "streaming": {}, "memory": {}}
+    try:
+        for name, per_tool in SCRIPTS.items():
+            res["cost"][name] = {}
+            for tool in TOOLS:
+                rounds = [run_cost(tool, per_tool[tool], args.n) for _ in range(args.rounds)]
+                res["cost"][name][tool] = {k: median([r[k] for r in rounds]) for k in rounds[0]}
+        for keys in (int(k) for k in args.keys.split(",")):
+            res["growth"][str(keys)] = {tool: median([run_cost(tool, GROWTH[tool], args.n, keys)["ns_per_event"]
+                                                      for _ in range(args.rounds)]) for tool in TOOLS}
+        for probes in (1, 20):
+            hq = _many("hookql", probes)
+            bt = _many("bpftrace", probes)
+            res["startup"][f"{probes}"] = {
+                "hookql_cold": median([run_startup("hookql", hq, probes, True) for _ in range(args.rounds)]),
+                "hookql_warm": median([run_startup("hookql", hq, probes, False) for _ in range(args.rounds)]),
+                "bpftrace": median([run_startup("bpftrace", bt, probes, False) for _ in range(args.rounds)]),
+            }
+        for tool in TOOLS:
+            res["streaming"][tool] = run_stream(tool, STREAM[tool], min(args.n, 500_000))
+        for tool in TOOLS:
+            res["memory"][tool] = res["cost"]["count_by_comm"][tool]["rss_kb"]
+    finally:
+        subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"], check=False)
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "results.json").write_text(json.dumps(res, indent=1) + "\n")
+    table = render_table(res)
+    (args.out / "results.md").write_text(table + "\n")
+    print(table)
+    chart(res, args.out / "results.png")
+    return 0
+
+
+def _many(tool: str, probes: int) -> str:
+    names = SYSCALLS[-probes:]
+    if tool == "hookql":
+        return "\n".join(f"on tracepoint:syscalls:sys_enter_{s} {{ count by comm }}" for s in names)
+    return "\n".join(f"tracepoint:syscalls:sys_enter_{s} {{ @{s}[comm] = count(); }}" for s in names)
+
+
+def _cpu() -> str:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.machine()
+
+
+def _version(cmd) -> str:
+    try:
+        return subprocess.run(cmd, capture_output=True, text=True).stdout.splitlines()[0]
+    except (OSError, IndexError):
+        return "?"
+
+
+def _ratio(a, b) -> str:
+    return f"{a / b:.2f}x" if a and b else "-"
+
+
+def render_table(res: dict) -> str:
+    m = res["machine"]
+    lines = [f"Kernel {m['kernel']}, {m['cores']} cores ({m['cpu']}); {m['bpftrace']}; {m['clang']}; "
+             f"N={m['n']}, median of {m['rounds']}.", "",
+             "| in-kernel cost (ns/event) | HookQL | bpftrace | hand-written C | HookQL/C | HookQL/bpftrace |",
+             "|---|---|---|---|---|---|"]
+    for name, r in res["cost"].items():
+        h, b, c = (r[t]["ns_per_event"] for t in TOOLS)
+        lines.append(f"| {name} | {h:.1f} | {b:.1f} | {c:.1f} | {_ratio(h, c)} | {_ratio(h, b)} |")
+    lines += ["", "| program size (xlated / jited bytes) | HookQL | bpftrace | hand-written C |", "|---|---|---|---|"]
+    for name, r in res["cost"].items():
+        lines.append(f"| {name} | " + " | ".join(f"{r[t]['xlated']:.0f} / {r[t]['jited']:.0f}" for t in TOOLS) + " |")
+    lines += ["", "| count by level, distinct keys (ns/event) | HookQL | bpftrace | hand-written C | HookQL/C |",
+              "|---|---|---|---|---|"]
+    for keys, r in res["growth"].items():
+        h, b, c = (r[t] for t in TOOLS)
+        lines.append(f"| {keys} | {h:.1f} | {b:.1f} | {c:.1f} | {_ratio(h, c)} |")
+    lines += ["", "| startup to live (s) | HookQL cold | HookQL warm | bpftrace | warm/bpftrace | cold/bpftrace |",
+              "|---|---|---|---|---|---|"]
+    for probes, r in res["startup"].items():
+        lines.append(f"| {probes} probe{'s' * (probes != '1')} | {r['hookql_cold']:.2f} | {r['hookql_warm']:.2f} | "
+                     f"{r['bpftrace']:.2f} | {_ratio(r['hookql_warm'], r['bpftrace'])} | "
+                     f"{_ratio(r['hookql_cold'], r['bpftrace'])} |")
+    lines += ["", "| streaming (one event per call) | fired | delivered | lost | lost as reported by the tool |",
+              "|---|---|---|---|---|"]
+    for tool, r in res["streaming"].items():
+        lines.append(f"| {tool} | {r['fired']} | {r['delivered']} | {r['lost']} | {r['reported_lost']} |")
+    lines += ["", "| peak RSS (MiB) | HookQL | bpftrace | hand-written C | HookQL/bpftrace |", "|---|---|---|---|---|"]
+    mem = res["memory"]
+    lines.append("| count_by_comm | " + " | ".join(f"{mem[t] / 1024:.1f}" for t in TOOLS) +
+                 f" | {_ratio(mem['hookql'], mem['bpftrace'])} |")
+    return "\n".join(lines)
+
+
+def chart(res: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
+    colors = {"hookql": "#2a9d8f", "bpftrace": "#e76f51", "handwritten": "#264653"}
+    names = list(res["cost"])
+    for i, tool in enumerate(TOOLS):
+        axes[0].bar([x + i * 0.27 for x in range(len(names))],
+                    [res["cost"][n][tool]["ns_per_event"] or 0 for n in names], 0.27, label=tool, color=colors[tool])
+    axes[0].set_xticks([x + 0.27 for x in range(len(names))], names)
+    axes[0].set_ylabel("ns per event (bpf_stats)")
+    axes[0].set_title("In-kernel cost")
+    axes[0].legend()
+    keys = list(res["growth"])
+    for tool in TOOLS:
+        axes[1].plot(keys, [res["growth"][k][tool] for k in keys], marker="o", label=tool, color=colors[tool])
+    axes[1].set_xlabel("distinct keys")
+    axes[1].set_ylabel("ns per event")
+    axes[1].set_title("Cost as keys grow")
+    probes = list(res["startup"])
+    series = (("hookql_cold", "HookQL cold", "#8ecae6"), ("hookql_warm", "HookQL warm", colors["hookql"]),
+              ("bpftrace", "bpftrace", colors["bpftrace"]))
+    for i, (key, label, color) in enumerate(series):
+        axes[2].bar([x + i * 0.27 for x in range(len(probes))], [res["startup"][p][key] for p in probes], 0.27,
+                    label=label, color=color)
+    axes[2].set_xticks([x + 0.27 for x in range(len(probes))], [f"{p} probe(s)" for p in probes])
+    axes[2].set_ylabel("seconds to live")
+    axes[2].set_title("Startup")
+    axes[2].legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
