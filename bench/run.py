@@ -137,8 +137,9 @@ class Tool:
         return out or "", err or ""
 
 
-def workload(n: int, keys: int = 1) -> float:
-    out = subprocess.run([str(BUILD / "workload"), str(n), str(keys)], capture_output=True, text=True, check=True)
+def workload(n: int, keys: int = 1, rate: float = 0) -> float:
+    out = subprocess.run([str(BUILD / "workload"), str(n), str(keys), str(rate)], capture_output=True, text=True,
+                         check=True)
     return float(out.stdout.strip())
 
 
@@ -173,13 +174,13 @@ def run_startup(tool: str, script: str, probes: int, cold: bool) -> float:
             shutil.rmtree(cache, ignore_errors=True)
 
 
-def run_stream(tool: str, script: str, n: int) -> dict:
+def run_stream(tool: str, script: str, n: int, rate: float = 0) -> dict:
     out_file = tempfile.TemporaryFile(mode="w+")
     t = Tool(tool, script, stdout=out_file)
     try:
         t.wait_live()
         rt0, cnt0 = stats(t.ids)
-        per_call = workload(n)
+        per_call = workload(n, 1, rate)
         time.sleep(1.0)  # let the reader drain
         rt1, cnt1 = stats(t.ids)
     finally:
@@ -192,7 +193,16 @@ def run_stream(tool: str, script: str, n: int) -> dict:
     else:
         delivered = sum(1 for l in text.splitlines() if "hqbench" in l)
     return {"fired": fired, "delivered": min(delivered, fired), "lost": max(fired - delivered, 0),
-            "rate_per_s": 1e9 / per_call if per_call else None, "reported_lost": _reported_lost(err)}
+            "rate_per_s": 1e9 / per_call if per_call else None, "reported_lost": _reported_lost(err + "\n" + text)}
+
+
+def stream_sweep(tool: str, rates: list[int], seconds: float) -> dict:
+    """Lost events at each paced rate; the first losing rate is where the tool starts to drop."""
+    out = {}
+    for rate in rates:
+        r = run_stream(tool, STREAM[tool], int(rate * seconds), rate)
+        out[str(rate)] = {"lost": r["lost"], "reported_lost": r["reported_lost"]}
+    return out
 
 
 def _reported_lost(err: str) -> int | None:
@@ -218,6 +228,9 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--keys", default="1,1000,100000", help="distinct keys for the growth test")
     ap.add_argument("--out", type=Path, default=HERE / "results")
+    ap.add_argument("--rates", default="50000,100000,200000,400000,800000",
+                    help="paced event rates (per second) for the streaming sweep")
+    ap.add_argument("--rate-seconds", type=float, default=2.0, help="how long each paced rate runs")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/run.py loads BPF programs: run it as root")
@@ -248,6 +261,8 @@ def main() -> int:
             }
         for tool in TOOLS:
             res["streaming"][tool] = run_stream(tool, STREAM[tool], min(args.n, 500_000))
+        rates = [int(r) for r in args.rates.split(",")]
+        res["stream_rates"] = {tool: stream_sweep(tool, rates, args.rate_seconds) for tool in TOOLS}
         for tool in TOOLS:
             res["memory"][tool] = res["cost"]["count_by_comm"][tool]["rss_kb"]
     finally:
@@ -313,6 +328,15 @@ def render_table(res: dict) -> str:
               "|---|---|---|---|---|"]
     for tool, r in res["streaming"].items():
         lines.append(f"| {tool} | {r['fired']} | {r['delivered']} | {r['lost']} | {r['reported_lost']} |")
+    rates = res.get("stream_rates", {})
+    if rates:
+        keys = list(next(iter(rates.values())))
+        lines += ["", "| events lost at a paced rate (events/s) | " + " | ".join(keys) + " | starts to drop at |",
+                  "|---|" + "---|" * (len(keys) + 1)]
+        for tool, r in rates.items():
+            first = next((k for k in keys if r[k]["lost"]), None)
+            lines.append(f"| {tool} | " + " | ".join(str(r[k]["lost"]) for k in keys) +
+                         f" | {first + '/s' if first else 'no drops'} |")
     lines += ["", "| peak RSS (MiB) | HookQL | bpftrace | hand-written C | HookQL/bpftrace |", "|---|---|---|---|---|"]
     mem = res["memory"]
     lines.append("| count_by_comm | " + " | ".join(f"{mem[t] / 1024:.1f}" for t in TOOLS) +

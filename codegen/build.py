@@ -17,7 +17,7 @@ from functools import cache
 from pathlib import Path
 
 from hookql import __version__
-from hookql.btf import cache_dir
+from hookql.paths import cache_dir
 
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
          "riscv64": "riscv"}

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
+from hookql.paths import cache_dir
 from hookql.runtime import libbpf
 
 # enum btf_kind (include/uapi/linux/btf.h)
@@ -348,7 +349,3 @@ class Btf:
             pass  # a read-only cache only costs the next run the scan again
         return out
 
-
-def cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hookql"

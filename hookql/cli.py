@@ -9,11 +9,11 @@ import sys
 import traceback
 
 from hookql import __version__
-from hookql import kernel as K
-from hookql.catalog import Catalog, Hook, ProbeError
 from hookql.diagnostics import Diagnostic
-from hookql.pipeline import check_source
 from hookql.source import Source
+
+# The front end (lark, jinja) is imported where used, so a warm `hookql run`
+# never loads it (see hookql/runcache.py).
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -22,9 +22,11 @@ def main(argv: list[str] | None = None) -> int:
     if not getattr(args, "func", None):
         ap.print_help()
         return 2
+    from hookql.kernel import KernelError
+
     try:
         return args.func(args)
-    except K.KernelError as exc:
+    except KernelError as exc:
         print(f"hookql: error: {exc}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
@@ -47,8 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     def kernel_opts(p):
         g = p.add_mutually_exclusive_group()
         g.add_argument("--kernel", metavar="VERSION",
-                       help=f"check against a shipped reference kernel ({', '.join(K.reference_versions())}) "
-                            "instead of the running one")
+                       help="check against a shipped reference kernel (6.1, 6.18) instead of the running one")
         g.add_argument("--btf", metavar="PATH", help="check against this BTF (raw, or a vmlinux ELF with .BTF)")
 
     p = sub.add_parser("check", help="parse and type-check scripts; nothing is loaded",
@@ -73,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--enforce", action="store_true", help="let `deny` block; without it, deny only counts")
     p.add_argument("--map-size", type=int, metavar="N", help="entries per keyed aggregation (default 10240)")
+    p.add_argument("--ringbuf-size", type=int, metavar="BYTES",
+                   help="ring buffer for emit, a power of 2 (default 8 MiB); drops are counted and reported")
     p.add_argument("-v", "--verbose", action="store_true", help="say how each probe attached; show libbpf's log")
     p.set_defaults(func=cmd_run)
 
@@ -120,28 +123,30 @@ def _read_sources(files: list[str], expr: str | None) -> list[Source] | None:
 
 
 def _checked_or_report(src: Source, kern: K.Kernel):
-    """The checked script, or None after printing its diagnostics."""
+    """(checked script or None, its diagnostics as text), after printing them."""
+    from hookql.pipeline import check_source
+
     result = check_source(src, kern)
     color = sys.stderr.isatty()
-    for d in result.diagnostics.sorted():
+    diags = result.diagnostics.sorted()
+    for d in diags:
         print(d.render(color), file=sys.stderr)
     if not result.ok:
         n = len(result.diagnostics.errors)
         print(f"{n} error{'s' * (n != 1)} (kernel {kern.label}); nothing was loaded", file=sys.stderr)
-        return None
-    return result.checked
+        return None, []
+    return result.checked, [d.render() for d in diags]
 
 
-def _single_script(args, cmd: str, kern: K.Kernel):
-    """The one script `run`/`compile` take, checked; or the exit code after saying why not."""
+def _single_source(args, cmd: str):
+    """The one script `run`/`compile` take; or the exit code after saying why not."""
     sources = _read_sources([args.file] if args.file else [], args.expr)
     if sources is None:
         return 1
     if len(sources) != 1:
         print(f"hookql {cmd}: give one FILE or -e SCRIPT", file=sys.stderr)
         return 2
-    checked = _checked_or_report(sources[0], kern)
-    return checked if checked is not None else 1
+    return sources[0]
 
 
 def _build(checked, mode: str, out=None):
@@ -166,9 +171,14 @@ def cmd_compile(args) -> int:
     from hookql.pipeline import generate_c
     from hookql.runtime import features
 
-    checked = _single_script(args, "compile", K.select(args.kernel, args.btf))
-    if isinstance(checked, int):
-        return checked
+    from hookql import kernel as K
+
+    src = _single_source(args, "compile")
+    if isinstance(src, int):
+        return src
+    checked, _ = _checked_or_report(src, K.select(args.kernel, args.btf))
+    if checked is None:
+        return 1
     mode = features.func_mode() if args.attach == "auto" else args.attach
     if args.emit_c:
         try:
@@ -186,25 +196,39 @@ def cmd_compile(args) -> int:
 
 
 def cmd_run(args) -> int:
+    from hookql import runcache
     from hookql.runtime import features
     from hookql.runtime.libbpf import LibbpfError
     from hookql.runtime.loader import LoadError
     from hookql.runtime.session import RunOptions, Session
 
-    checked = _single_script(args, "run", K.running())
-    if isinstance(checked, int):
-        return checked
+    src = _single_source(args, "run")
+    if isinstance(src, int):
+        return src
     mode = features.func_mode()
-    compiled = _build(checked, mode)
-    if isinstance(compiled, int):
-        return compiled
+    key = runcache.key(src.name, src.text, mode)
+    hit = runcache.load(key)
+    if hit:  # run before on this kernel: no parse, check, render or clang
+        for d in hit["diagnostics"]:
+            print(d, file=sys.stderr)
+        object_path, layout, how = hit["object"], hit["layout"], "cached run"
+    else:
+        from hookql import kernel as K
+
+        checked, diagnostics = _checked_or_report(src, K.running())
+        if checked is None:
+            return 1
+        compiled = _build(checked, mode)
+        if isinstance(compiled, int):
+            return compiled
+        object_path, layout, how = compiled.object_path, compiled.layout, ("cached" if compiled.cached else "built")
+        runcache.store(key, object_path, layout, diagnostics)
     if args.verbose:
-        print(f"hookql: object {compiled.object_path} ({'cached' if compiled.cached else 'built'}); "
-              f"kprobes attach as {mode}", file=sys.stderr)
+        print(f"hookql: object {object_path} ({how}); kprobes attach as {mode}", file=sys.stderr)
     opts = RunOptions(args.duration, args.every, args.command, args.pid, args.format, args.enforce,
-                      args.verbose, args.map_size)
+                      args.verbose, args.map_size, args.ringbuf_size)
     try:
-        return Session(compiled.object_path, compiled.layout, opts).run()
+        return Session(object_path, layout, opts).run()
     except (LoadError, LibbpfError) as exc:
         hint = getattr(exc, "hint", None)
         print(f"hookql: error: {exc.strerror if isinstance(exc, LibbpfError) else exc}", file=sys.stderr)
@@ -226,9 +250,13 @@ def cmd_check(args) -> int:
     if not sources:
         print("hookql check: give a FILE or -e SCRIPT", file=sys.stderr)
         return 2
+    from hookql import kernel as K
+
     kern = K.select(args.kernel, args.btf)
     color = args.color == "always" or (args.color == "auto" and sys.stderr.isatty())
     errors = warnings = 0
+    from hookql.pipeline import check_source
+
     for src in sources:
         result = check_source(src, kern)
         for d in result.diagnostics.sorted():
@@ -248,6 +276,9 @@ def cmd_check(args) -> int:
 
 # -- hooks ---------------------------------------------------------------------
 def cmd_hooks(args) -> int:
+    from hookql import kernel as K
+    from hookql.catalog import Catalog
+
     kern = K.select(args.kernel, args.btf)
     cat = Catalog.load()
     if args.verbose:
@@ -281,6 +312,8 @@ def _matches(pattern: str, name: str) -> bool:
 
 
 def _describe_hook(cat: Catalog, kern: K.Kernel, spec: str) -> int:
+    from hookql.catalog import ProbeError
+
     if ":" in spec:
         provider, *target = spec.split(":")
     else:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import ipaddress
+import struct
 from dataclasses import dataclass
 
 from hookql.constants import ADDRESS_FAMILIES
@@ -53,6 +54,50 @@ def display(value, kind: str | None):
 
 def decode_key(buf: bytes, fields: list[dict]) -> dict:
     return {f["name"]: field_value(buf, f) for f in fields}
+
+
+_INT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h", (4, False): "I", (4, True): "i",
+              (8, False): "Q", (8, True): "q"}
+
+
+class RecordDecoder:
+    """Decodes one emit record layout with a single precompiled struct.unpack:
+    the ring-buffer reader runs this once per event, so it must be cheap."""
+
+    def __init__(self, rec: dict):
+        fmt, self.convert = ["<"], []
+        pos = 0
+        for f in sorted(rec["fields"], key=lambda f: f["offset"]):
+            if f["offset"] > pos:
+                fmt.append(f"{f['offset'] - pos}x")
+            if f["kind"] == "int":
+                fmt.append(_INT_CODES[(f["size"], f["signed"])])
+                conv = None
+            else:
+                fmt.append(f"{f['size']}s")
+                conv = _str if f["kind"] == "str" else _addr
+            self.convert.append((f["name"], conv))
+            pos = f["offset"] + f["size"]
+        self.struct = struct.Struct("".join(fmt))
+        order = [f["name"] for f in rec["fields"]]  # the order the user wrote
+        self.order = [next(i for i, (n, _) in enumerate(self.convert) if n == name) for name in order]
+
+    def __call__(self, raw: bytes) -> dict:
+        vals = self.struct.unpack_from(raw)
+        out = {}
+        for i in self.order:
+            name, conv = self.convert[i]
+            out[name] = conv(vals[i]) if conv else vals[i]
+        return out
+
+
+def _str(b: bytes) -> str:
+    return b.split(b"\0", 1)[0].decode(errors="replace")
+
+
+def _addr(b: bytes):
+    a = ipaddress.IPv6Address(b)
+    return a.ipv4_mapped or a
 
 
 @dataclass

@@ -58,7 +58,8 @@ class BpfObject:
             self.obj = 0
 
     # -- before load --
-    def configure(self, pid: int = 0, enforce: bool = False, map_entries: int | None = None) -> None:
+    def configure(self, pid: int = 0, enforce: bool = False, map_entries: int | None = None,
+                  ringbuf_size: int | None = None) -> None:
         """Set the program's read-only config (hq_cfg) and map sizes."""
         rodata = self.l.bpf_object__find_map_by_name(self.obj, b".rodata")
         btf = Btf(self.l.bpf_object__btf(self.obj), "object", owned=False)
@@ -73,6 +74,10 @@ class BpfObject:
         data[off:off + 8] = pid.to_bytes(4, "little") + int(enforce).to_bytes(4, "little")
         buf = ctypes.create_string_buffer(bytes(data), len(data))
         libbpf.check_int(self.l.bpf_map__set_initial_value(rodata, buf, len(data)), "bpf_map__set_initial_value")
+        if ringbuf_size and self.layout["emits"]:
+            m = self.l.bpf_object__find_map_by_name(self.obj, b"hq_events")
+            libbpf.check_int(self.l.bpf_map__set_max_entries(m, ringbuf_size), "bpf_map__set_max_entries",
+                             "hq_events (--ringbuf-size must be a power of 2 and a multiple of the page size)")
         if map_entries:
             for agg in self.layout["aggregations"]:
                 if agg["by"]:

@@ -94,8 +94,8 @@ class TextPrinter:
             self.out.write(f"  {label:<{lw}} {counts[i]:>10} |{bar:<{BAR}}|\n")
 
     def event(self, rec: dict, values: dict) -> None:
-        fields = {f["name"]: f for f in rec["fields"]}
-        self.out.write(" ".join(f"{k}={display(v, fields[k]['display'])}" for k, v in values.items()) + "\n")
+        disp = rec.setdefault("_display", {f["name"]: f["display"] for f in rec["fields"]})
+        self.out.write(" ".join(f"{k}={display(v, disp[k]) if disp[k] else v}" for k, v in values.items()) + "\n")
 
     def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
         if enforce:
@@ -131,9 +131,9 @@ class JsonPrinter:
                      "by": [f["name"] for f in agg["by"]], "rows": out_rows})
 
     def event(self, rec: dict, values: dict) -> None:
-        fields = {f["name"]: f for f in rec["fields"]}
+        disp = rec.setdefault("_display", {f["name"]: f["display"] for f in rec["fields"]})
         self._write({"probe": rec["probe"], "line": rec["line"],
-                     "event": {k: _jsonable(display(v, fields[k]["display"])) for k, v in values.items()}})
+                     "event": {k: _jsonable(display(v, disp[k])) for k, v in values.items()}})
 
     def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
         self._write({"probe": probe, "aggregation": "deny", "enforce": enforce, "denied": denied,

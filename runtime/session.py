@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass
 
 from hookql.runtime import features, libbpf
-from hookql.runtime.decode import MapReader, decode_key
+from hookql.runtime.decode import MapReader, RecordDecoder
 from hookql.runtime.loader import BpfObject, LoadError
 from hookql.runtime.output import JsonPrinter, TextPrinter
 
@@ -34,6 +34,7 @@ class RunOptions:
     enforce: bool = False
     verbose: bool = False
     map_entries: int | None = None
+    ringbuf_size: int | None = None
 
 
 class Session:
@@ -47,7 +48,7 @@ class Session:
         self.printer = (JsonPrinter if opts.format == "json" else TextPrinter)(self.out, source)
         self.stop_reason: str | None = None
         self.callback_errors: list[str] = []
-        self.records = {r["id"]: r for r in layout["emits"]}
+        self.records = {r["id"]: (r, RecordDecoder(r)) for r in layout["emits"]}
 
     # -- the run --
     def run(self) -> int:
@@ -57,7 +58,7 @@ class Session:
         child = None
         try:
             with BpfObject(self.obj_path, self.layout) as obj:
-                obj.configure(self.opts.pid or 0, self.opts.enforce, self.opts.map_entries)
+                obj.configure(self.opts.pid or 0, self.opts.enforce, self.opts.map_entries, self.opts.ringbuf_size)
                 obj.load()
                 links = obj.attach_all()
                 self.err.write(f"Attached {len(links)} probe{'s' * (len(links) != 1)}\n")
@@ -121,8 +122,8 @@ class Session:
     def _on_event(self, ctx, data, size) -> int:
         try:
             raw = ctypes.string_at(data, size)
-            rec = self.records[int.from_bytes(raw[:4], "little")]
-            self.printer.event(rec, decode_key(raw, rec["fields"]))
+            rec, decode = self.records[int.from_bytes(raw[:4], "little")]
+            self.printer.event(rec, decode(raw))
         except Exception as exc:  # a ctypes callback must not raise; reported at exit
             self.callback_errors.append(f"{type(exc).__name__}: {exc}")
         return 0

@@ -16,7 +16,7 @@ pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="the benchmark loads B
 @pytest.mark.skipif(not shutil.which("bpftrace"), reason="bpftrace is not installed (bin/setup installs it)")
 def test_benchmark_runs_end_to_end(tmp_path):
     r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--n", "3000", "--rounds", "1",
-                        "--keys", "1,10", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+                        "--keys", "1,10", "--rates", "1000", "--rate-seconds", "0.5", "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
     assert r.returncode == 0, r.stderr[-3000:]
     res = json.loads((tmp_path / "results.json").read_text())
     for name in ("count_by_comm", "filter_sum", "hist"):

@@ -188,3 +188,26 @@ def test_command_that_cannot_start():
     r = hookql("run", "-e", f"on {TP} {{ count }}", "-c", "/nonexistent/cmd")
     assert r.returncode == 1 and "cannot run -c" in r.stderr and "Traceback" not in r.stderr
     assert our_programs() == []
+
+
+def test_ring_buffer_drops_are_counted_and_reported():
+    c = comm()
+    n = 20000
+    r = hookql("run", "--ringbuf-size", "4096", "-e", f'on {TP} where comm == "{c}" {{ emit comm, optname }}',
+               "-c", wl(c, n))
+    assert r.returncode == 0, r.stderr
+    delivered = sum(1 for l in r.stdout.splitlines() if l.startswith(f"comm={c} "))
+    lost = next(int(l.split()[2]) for l in r.stderr.splitlines() if "emitted events lost" in l)
+    assert lost > 0 and delivered + lost == n  # every event is either printed or counted as lost
+
+
+def test_second_run_skips_the_front_end_and_replays_warnings(tmp_path):
+    import os as _os
+    env = dict(_os.environ, XDG_CACHE_HOME=str(tmp_path))
+    script = f'on {TP} where comm == "a-name-longer-than-15" {{ count }}'  # a warning: never matches
+    runs = [subprocess.run(hookql_cmd() + ["run", "-v", "-d", "0", "-e", script], capture_output=True, text=True,
+                           env=env, timeout=120) for _ in range(2)]
+    assert [r.returncode for r in runs] == [0, 0]
+    assert "(built)" in runs[0].stderr and "(cached run)" in runs[1].stderr
+    for r in runs:
+        assert "warning: comm holds at most 15 bytes" in r.stderr
