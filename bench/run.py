@@ -89,16 +89,23 @@ def poke() -> None:
 
 
 # -- running a tool ---------------------------------------------------------------------------
+GROWTH_MAP = 131072  # as bench/ref/count_by_level.bpf.c: every tool gets room for 100k keys
+
+
 class Tool:
-    def __init__(self, tool: str, script: str, cache: str | None = None, stdout=subprocess.DEVNULL):
+    def __init__(self, tool: str, script: str, cache: str | None = None, stdout=subprocess.DEVNULL,
+                 map_size: int | None = None):
         self.tool = tool
         env = dict(os.environ)
         if cache:
             env["XDG_CACHE_HOME"] = cache
         if tool == "hookql":
             cmd = [sys.executable, "-m", "hookql", "run", "-e", script]
+            cmd += ["--map-size", str(map_size)] if map_size else []
         elif tool == "bpftrace":
             cmd = ["bpftrace", "-e", script]
+            if map_size:
+                env["BPFTRACE_MAP_KEYS_MAX"] = str(map_size)
             env["BPFTRACE_PERF_RB_PAGES"] = env.get("BPFTRACE_PERF_RB_PAGES", "64")
         else:
             cmd = [str(BUILD / "loader"), str(BUILD / f"{script}.bpf.o")]
@@ -143,8 +150,8 @@ def workload(n: int, keys: int = 1, rate: float = 0) -> float:
     return float(out.stdout.strip())
 
 
-def run_cost(tool: str, script: str, n: int, keys: int = 1) -> dict:
-    t = Tool(tool, script)
+def run_cost(tool: str, script: str, n: int, keys: int = 1, map_size: int | None = None) -> dict:
+    t = Tool(tool, script, map_size=map_size)
     try:
         t.wait_live()
         rt0, cnt0 = stats(t.ids)
@@ -249,7 +256,8 @@ def main() -> int:
                 rounds = [run_cost(tool, per_tool[tool], args.n) for _ in range(args.rounds)]
                 res["cost"][name][tool] = {k: median([r[k] for r in rounds]) for k in rounds[0]}
         for keys in (int(k) for k in args.keys.split(",")):
-            res["growth"][str(keys)] = {tool: median([run_cost(tool, GROWTH[tool], args.n, keys)["ns_per_event"]
+            res["growth"][str(keys)] = {tool: median([run_cost(tool, GROWTH[tool], args.n, keys,
+                                                               GROWTH_MAP)["ns_per_event"]
                                                       for _ in range(args.rounds)]) for tool in TOOLS}
         for probes in (1, 20):
             hq = _many("hookql", probes)
