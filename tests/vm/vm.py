@@ -14,6 +14,7 @@ Debian's package archive for linux-image-amd64 (fetched once, cached).
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import subprocess
@@ -44,13 +45,14 @@ mkdir -p /lower /upper /root
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000,cache=loose,ro hostroot /lower
 mount -t tmpfs -o size=1G tmpfs /upper
 mkdir -p /upper/data /upper/work
+# writes anywhere (/tmp included) land in the tmpfs; the host's files, a repo in /tmp too, stay visible
 mount -t overlay overlay -o lowerdir=/lower,upperdir=/upper/data,workdir=/upper/work /root
 mkdir -p /root/hqvm /root/lib/modules
 mount -t 9p -o trans=virtio,version=9p2000.L,msize=512000 results /root/hqvm
 mount --bind /root{modules_dir} /root/lib/modules
 chroot /root /bin/sh -c '
   mount -t proc proc /proc; mount -t sysfs sys /sys; mount -t devtmpfs dev /dev
-  mkdir -p /dev/pts; mount -t devpts devpts /dev/pts; mount -t tmpfs tmpfs /tmp
+  mkdir -p /dev/pts; mount -t devpts devpts /dev/pts
   mount -t securityfs securityfs /sys/kernel/security; mount -t tracefs tracefs /sys/kernel/tracing
   mount -t bpf bpf /sys/fs/bpf; mount -t cgroup2 cgroup2 /sys/fs/cgroup
   ip link set lo up 2>/dev/null || ifconfig lo up
@@ -101,7 +103,9 @@ def kernel(package: str | None = None) -> Kernel:
 
 
 def initramfs(k: Kernel) -> Path:
-    out = cache_root() / f"initramfs-{k.release}.cpio"
+    init = INIT.format(modules=" ".join(MODULES), modules_dir=str(k.modules))
+    tag = hashlib.sha256(init.encode()).hexdigest()[:12]
+    out = cache_root() / f"initramfs-{k.release}-{tag}.cpio"
     if out.exists():
         return out
     stage = Path(tempfile.mkdtemp(prefix="hqvm-initrd-"))
@@ -115,9 +119,8 @@ def initramfs(k: Kernel) -> Path:
         for m in MODULES:
             ko = next(base.rglob(f"{m}.ko"))
             shutil.copy(ko, stage / "modules" / ko.name)
-        init = stage / "init"
-        init.write_text(INIT.format(modules=" ".join(MODULES), modules_dir=str(k.modules)))
-        init.chmod(0o755)
+        (stage / "init").write_text(init)
+        (stage / "init").chmod(0o755)
         files = subprocess.run(["find", "."], cwd=stage, capture_output=True, text=True, check=True).stdout
         tmp = out.with_suffix(".tmp")
         with open(tmp, "wb") as f:
