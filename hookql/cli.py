@@ -20,8 +20,11 @@ def main(argv: list[str] | None = None) -> int:
     ap = _parser()
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):
-        ap.print_help()
-        return 2
+        if argv is None and sys.stdin.isatty() and sys.stdout.isatty():
+            args.func = cmd_repl  # plain `hookql` on a terminal
+        else:
+            ap.print_help()
+            return 2
     from hookql.kernel import KernelError
 
     try:
@@ -88,6 +91,9 @@ def _parser() -> argparse.ArgumentParser:
                    help="how kprobe:/kretprobe: attach (auto: kprobes if this kernel has them, else fentry)")
     kernel_opts(p)
     p.set_defaults(func=cmd_compile)
+
+    p = sub.add_parser("repl", help="explore hooks, type clauses, watch live aggregations")
+    p.set_defaults(func=cmd_repl)
 
     p = sub.add_parser("hooks", help="list the hook catalog, or describe one hook",
                        description="List catalog hooks matching PATTERN (a substring or glob of PROVIDER:NAME), "
@@ -240,6 +246,12 @@ def cmd_run(args) -> int:
         elif log:
             print("  (-v shows libbpf's log)", file=sys.stderr)
         return 1
+
+
+def cmd_repl(args) -> int:
+    from hookql.repl import main as repl_main
+
+    return repl_main()
 
 
 # -- check ---------------------------------------------------------------------

@@ -50,10 +50,31 @@ def _sort_value(row: Row):
     return v if v is not None else 0
 
 
+class _LineCounter:
+    """Passes writes through, counting lines, so a live view can redraw itself."""
+
+    def __init__(self, out):
+        self.target = out
+        self.lines = 0
+
+    def write(self, s: str) -> None:
+        self.lines += s.count("\n")
+        self.target.write(s)
+
+    def flush(self) -> None:
+        self.target.flush()
+
+
 class TextPrinter:
     def __init__(self, out=sys.stdout, source: str = ""):
-        self.out = out
+        self.out = _LineCounter(out)
         self.source = source
+
+    def erase(self) -> None:
+        """Move back over everything printed so far and clear it (ANSI)."""
+        if self.out.lines:
+            self.out.target.write(f"\x1b[{self.out.lines}F\x1b[J")
+            self.out.lines = 0
 
     def header(self, agg: dict) -> None:
         where = f"{self.source}:{agg['line']}" if self.source else f"line {agg['line']}"

@@ -38,7 +38,7 @@ class RunOptions:
 
 
 class Session:
-    def __init__(self, obj_path, layout: dict, opts: RunOptions, out=None, err=None):
+    def __init__(self, obj_path, layout: dict, opts: RunOptions, out=None, err=None, redraw: bool = False):
         self.obj_path = obj_path
         self.layout = layout
         self.opts = opts
@@ -49,6 +49,8 @@ class Session:
         self.stop_reason: str | None = None
         self.callback_errors: list[str] = []
         self.records = {r["id"]: (r, RecordDecoder(r)) for r in layout["emits"]}
+        # a live view (the REPL) redraws its tables in place, unless events stream between them
+        self.redraw = redraw and not self.records and opts.format == "text"
 
     # -- the run --
     def run(self) -> int:
@@ -130,6 +132,8 @@ class Session:
 
     # -- printing --
     def print_all(self, obj: BpfObject) -> dict[str, int]:
+        if self.redraw:
+            self.printer.erase()
         reader = MapReader()
         for agg in self.layout["aggregations"]:
             self.printer.aggregation(agg, reader.rows(obj.map_fd(agg["map"]), agg))
