@@ -276,7 +276,7 @@ class LoweringError(Exception):
         self.span = span
 
 
-ATTACH = {  # provider -> {mode: (section prefix, attach)}
+ATTACH = {  # provider -> {func_mode: attach type, which is also the SEC() prefix}
     "kprobe": {"kprobe": "kprobe", "fentry": "fentry"},
     "kretprobe": {"kprobe": "kretprobe", "fentry": "fexit"},
 }
@@ -372,9 +372,8 @@ class _ProbeLowering:
         if f.kind == "retval":
             return self.local(("param", "ret"), f.ty, "param", param="ret")
         if f.kind == "tp":
-            return self.local(("tp", f.name), f.ty, "tp", offset=f.offset, cdecl=f.ty.cname,
-                              size=f.ty.size, data_loc=f.ty.cname.startswith("__data_loc"),
-                              raw_bits=f.ty.bits)
+            return self.local(("tp", f.name), f.ty, "tp", offset=f.offset,
+                              data_loc=f.ty.cname.startswith("__data_loc"), raw_bits=f.ty.bits)
         if f.kind == "derived":
             return self.derived(f, span)
         raise AssertionError(f.kind)
