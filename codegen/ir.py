@@ -460,6 +460,8 @@ class _ProbeLowering:
             return Un({"not": "!", "!": "!"}.get(e.op, e.op), self.expr(e.operand))
         if isinstance(e, n.Binary):
             return self.binary(e)
+        if isinstance(e, n.Call):
+            return self.expr(e.expansion)
         raise LoweringError(e.span, "this value must be compared or grouped, not used on its own")
 
     def const(self, sym: ConstSymbol, e: n.Expr) -> Expr:
@@ -481,6 +483,8 @@ class _ProbeLowering:
         return Bin(op, self.expr(e.left), self.expr(e.right))
 
     def value_local(self, e: n.Expr) -> Local:
+        if isinstance(e, n.Call):
+            return self.value_local(e.expansion)
         r = self.expr(e)
         if not isinstance(r, Ref):
             raise LoweringError(e.span, "compare a field here, not an expression")

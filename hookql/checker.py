@@ -79,15 +79,20 @@ class Checker:
     def __init__(self, kernel: Kernel, catalog: Catalog | None = None, resolver: Resolver | None = None):
         self.kernel = kernel
         self.catalog = catalog or Catalog.load()
-        self.resolver = resolver or FileResolver()
+        if resolver is None:
+            from hookql.libraries import ManifestResolver  # libraries build on the checker
+
+            resolver = ManifestResolver()
+        self.resolver = resolver
 
     def check(self, script: n.Script, diags: Diagnostics) -> CheckedScript:
         out = CheckedScript(script, self.kernel)
         consts = _Consts(self, diags)
         for use in script.uses:
             consts.add_module(use)
-        for c in script.consts:
-            consts.declare(c)
+        for item in script.items:
+            if isinstance(item, (n.Const, n.Def)):
+                consts.declare(item)
         consts.evaluate_all()
         out.consts = consts.values
         for clause in script.clauses:
@@ -104,6 +109,7 @@ class _Consts:
         self.checker = checker
         self.diags = diags
         self.decls: dict[str, n.Const] = {}
+        self.defs: dict[str, n.Def] = {}
         self.values: dict[str, ConstSymbol] = {}
         self.failed: set[str] = set()
         self._active: list[str] = []
@@ -116,13 +122,22 @@ class _Consts:
             return
         ns, source = found
         module = parse(source, self.diags)
-        for c in module.consts:
-            self.declare(n.Const(c.span, f"{ns}.{c.name}", c.name_span, c.value))
+        local = {i.name for i in module.items if isinstance(i, (n.Const, n.Def))}
+        for item in module.items:
+            if isinstance(item, n.Const):
+                self.declare(n.Const(item.span, f"{ns}.{item.name}", item.name_span, _qualify(item.value, ns, local)))
+            elif isinstance(item, n.Def):
+                body = _qualify(item.body, ns, local - set(item.params))
+                self.declare(n.Def(item.span, f"{ns}.{item.name}", item.name_span, item.params, body))
+            elif isinstance(item, n.Clause):
+                self.diags.error(item.span, "a library module defines constants and `def`s; clauses belong in "
+                                 "the scripts that use it")
 
-    def declare(self, c: n.Const) -> None:
-        if c.name in self.decls:
-            first = self.decls[c.name]
-            self.diags.error(c.name_span, f"constant '{c.name}' is defined twice",
+    def declare(self, c: n.Const | n.Def) -> None:
+        if c.name in self.decls or c.name in self.defs:
+            first = self.decls.get(c.name) or self.defs[c.name]
+            what = "constant" if isinstance(first, n.Const) else "def"
+            self.diags.error(c.name_span, f"{what} '{c.name}' is defined twice",
                              f"the first definition is at line {first.name_span.line}, column {first.name_span.col}; "
                              "rename or remove one")
             return
@@ -135,7 +150,10 @@ class _Consts:
             self.diags.error(c.name_span, f"'{c.name}' is already a kernel constant ({kc.origin}, = {kc.value})",
                              "use the kernel's constant, or pick another name")
             return
-        self.decls[c.name] = c
+        if isinstance(c, n.Def):
+            self.defs[c.name] = c
+        else:
+            self.decls[c.name] = c
 
     def evaluate_all(self) -> None:
         for name in list(self.decls):
@@ -203,11 +221,10 @@ class _ConstEval:
                                  "other constants and kernel constants (AF_INET, IPPROTO_TCP...)")
                 return None
             return (sym.ty, sym.value) if sym else None
-        if isinstance(e, n.Member) and isinstance(e.obj, n.Name):
-            qual = f"{e.obj.id}.{e.name}"
-            if qual in self.consts.decls:
-                sym = self.consts.get(qual, e.span)
-                return (sym.ty, sym.value) if sym else None
+        qual = _qualified(e)
+        if isinstance(e, n.Member) and qual in self.consts.decls:
+            sym = self.consts.get(qual, e.span)
+            return (sym.ty, sym.value) if sym else None
         if isinstance(e, n.Unary) and e.op in ("-", "~"):
             v = self.eval(e.operand)
             if v is None:
@@ -267,6 +284,7 @@ class _ClauseChecker:
         self.consts = consts
         self.diags = diags
         self.hook: Hook | None = None
+        self.expanding: list[str] = []
 
     def run(self) -> None:
         c = self.clause
@@ -391,7 +409,39 @@ class _ClauseChecker:
             return self.unary(e)
         if isinstance(e, n.Binary):
             return self.binary(e)
+        if isinstance(e, n.Call):
+            return self.call(e)
         raise AssertionError(f"unhandled node {type(e).__name__}")  # the parser makes no other kind
+
+    def call(self, e: n.Call) -> Type | None:
+        """A `def` used here: its body, with the arguments in place of the
+        parameters, is checked in this clause (so fields are this hook's)."""
+        from hookql.diagnostics import Diagnostic
+
+        qual = _qualified(e.func)
+        d = self.consts.defs.get(qual) if qual else None
+        if d is None:
+            known = list(self.consts.defs)
+            self.diags.error(e.func.span, f"unknown predicate '{qual or e.func.span.text}'",
+                             _did_you_mean(qual or "", known) or
+                             ("define one with `def NAME(PARAMS) = EXPR`" if not known else f"defined: {', '.join(known)}"))
+            return None
+        if len(e.args) != len(d.params):
+            self.diags.error(e.span, f"{qual}() takes {len(d.params)} argument{'s' * (len(d.params) != 1)} "
+                             f"({', '.join(d.params) or 'none'}), got {len(e.args)}",
+                             f"defined at {d.name_span.source.name}:{d.name_span.line}:{d.name_span.col}")
+            return None
+        if qual in self.expanding:
+            self.diags.error(e.span, f"{qual}() uses itself ({' -> '.join(self.expanding + [qual])})")
+            return None
+        e.expansion = _substitute(d.body, dict(zip(d.params, e.args)))
+        self.diags.context.append(Diagnostic("note", e.span, f"in {qual}(...), used here"))
+        self.expanding.append(qual)
+        try:
+            return self.expr(e.expansion)
+        finally:
+            self.expanding.pop()
+            self.diags.context.pop()
 
     def name(self, e: n.Name) -> Type | None:
         h = self.hook
@@ -449,8 +499,9 @@ class _ClauseChecker:
                          hint or f"`hookql hooks -v {h.probe}` describes them")
 
     def member(self, e: n.Member) -> Type | None:
-        if isinstance(e.obj, n.Name) and f"{e.obj.id}.{e.name}" in self.consts.decls:
-            sym = self.consts.get(f"{e.obj.id}.{e.name}", e.span)
+        qual = _qualified(e)
+        if qual in self.consts.decls:  # lib.WEB_PORTS: a library's constant
+            sym = self.consts.get(qual, e.span)
             e.path = sym
             return sym.ty if sym else None
         ot = self.expr(e.obj)
@@ -591,6 +642,45 @@ class _ClauseChecker:
 
 
 # -- helpers -------------------------------------------------------------------
+def _qualified(e: n.Expr) -> str | None:
+    """`lib.mod.name` for a chain of names joined by '.', else None."""
+    if isinstance(e, n.Name):
+        return e.id
+    if isinstance(e, n.Member):
+        base = _qualified(e.obj)
+        return f"{base}.{e.name}" if base else None
+    return None
+
+
+def _rebuild(e: n.Expr, leaf) -> n.Expr:
+    """A fresh copy of an expression tree; `leaf` maps each Name (and call
+    target) to its replacement.  Fresh nodes, because checking annotates them
+    and one `def` is expanded in many clauses."""
+    rec = lambda x: _rebuild(x, leaf)
+    if isinstance(e, n.Name):
+        return leaf(e)
+    if isinstance(e, n.Binary):
+        return n.Binary(e.span, e.op, rec(e.left), rec(e.right), e.op_span)
+    if isinstance(e, n.Unary):
+        return n.Unary(e.span, e.op, rec(e.operand))
+    if isinstance(e, n.Member):
+        return n.Member(e.span, rec(e.obj), e.name, e.name_span)
+    if isinstance(e, n.SetLit):
+        return n.SetLit(e.span, [rec(i) for i in e.items])
+    if isinstance(e, n.Call):
+        return n.Call(e.span, rec(e.func), [rec(a) for a in e.args])
+    return e  # literals are never annotated differently per use
+
+
+def _substitute(body: n.Expr, args: dict[str, n.Expr]) -> n.Expr:
+    return _rebuild(body, lambda name: args.get(name.id) or n.Name(name.span, name.id))
+
+
+def _qualify(body: n.Expr, ns: str, local: set[str]) -> n.Expr:
+    """A module's names for its own constants and defs, as the using script sees them."""
+    return _rebuild(body, lambda name: n.Name(name.span, f"{ns}.{name.id}" if name.id in local else name.id))
+
+
 def _builtin_field_names() -> set[str]:
     from hookql.fields import BUILTINS
 

@@ -57,15 +57,20 @@ def _paint(text: str, kind: str, color: bool) -> str:
 
 
 class Diagnostics(list):
-    """The diagnostics of one run, in the order found."""
+    """The diagnostics of one run, in the order found.  `context` holds notes
+    (e.g. "in private(...) used here") added to everything reported meanwhile."""
+
+    def __init__(self, *args):
+        super().__init__(*args)
+        self.context: list[Diagnostic] = []
 
     def error(self, span: Span | None, message: str, hint: str | None = None, notes=()) -> Diagnostic:
-        d = Diagnostic("error", span, message, hint, tuple(notes))
+        d = Diagnostic("error", span, message, hint, tuple(notes) + tuple(reversed(self.context)))
         self.append(d)
         return d
 
     def warning(self, span: Span | None, message: str, hint: str | None = None) -> Diagnostic:
-        d = Diagnostic("warning", span, message, hint)
+        d = Diagnostic("warning", span, message, hint, tuple(reversed(self.context)))
         self.append(d)
         return d
 
@@ -74,7 +79,9 @@ class Diagnostics(list):
         return [d for d in self if d.is_error]
 
     def sorted(self) -> list[Diagnostic]:
-        return sorted(self, key=lambda d: (d.span.source.name, d.span.line, d.span.col) if d.span else ("", 0, 0))
+        """In source order, each once (an argument used twice in a `def` is checked twice)."""
+        unique = list({d.render(): d for d in self}.values())
+        return sorted(unique, key=lambda d: (d.span.source.name, d.span.line, d.span.col) if d.span else ("", 0, 0))
 
 
 class HookQLError(Exception):

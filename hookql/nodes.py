@@ -85,6 +85,15 @@ class Binary(Expr):
     op_span: Span
 
 
+@dataclass(eq=False)
+class Call(Expr):
+    """f(a, b) or lib.f(a): a use of a `def`; the checker sets `expansion`."""
+
+    func: Expr
+    args: list[Expr]
+    expansion: Any = field(default=None, init=False, repr=False)
+
+
 # -- actions ------------------------------------------------------------------
 @dataclass(eq=False)
 class Action(Node):
@@ -137,6 +146,14 @@ class Const(Node):
 
 
 @dataclass(eq=False)
+class Def(Node):
+    name: str
+    name_span: Span
+    params: list[str]
+    body: Expr
+
+
+@dataclass(eq=False)
 class Use(Node):
     """`use lib.mod` (path is None) or `use "file.hq"` (path set)."""
 
@@ -155,6 +172,10 @@ class Script(Node):
     @property
     def consts(self) -> list[Const]:
         return [i for i in self.items if isinstance(i, Const)]
+
+    @property
+    def defs(self) -> list[Def]:
+        return [i for i in self.items if isinstance(i, Def)]
 
     @property
     def uses(self) -> list[Use]:

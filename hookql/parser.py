@@ -186,6 +186,10 @@ class _Build(Transformer):
     def const_def(self, meta, c):
         return n.Const(self._span(meta), str(c[0]), self._tok(c[0]), c[1])
 
+    def def_stmt(self, meta, c):
+        name, *params, body = c
+        return n.Def(self._span(meta), str(name), self._tok(name), [str(p) for p in params if p is not None], body)
+
     def use_stmt(self, meta, c):
         target = c[0]
         if isinstance(target, Token):  # "path.hq"
@@ -263,6 +267,9 @@ class _Build(Transformer):
 
     def unary(self, meta, c):
         return n.Unary(self._span(meta), str(c[0]), c[1])
+
+    def call(self, meta, c):
+        return n.Call(self._span(meta), c[0], [x for x in c[1:] if x is not None])
 
     def member(self, meta, c):
         return n.Member(self._span(meta), c[0], str(c[1]), self._tok(c[1]))
