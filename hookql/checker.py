@@ -83,6 +83,8 @@ class Checker:
             from hookql.libraries import ManifestResolver  # libraries build on the checker
 
             resolver = ManifestResolver()
+        if hasattr(resolver, "kernel"):
+            resolver.kernel = kernel
         self.resolver = resolver
 
     def check(self, script: n.Script, diags: Diagnostics) -> CheckedScript:
@@ -113,15 +115,22 @@ class _Consts:
         self.values: dict[str, ConstSymbol] = {}
         self.failed: set[str] = set()
         self._active: list[str] = []
+        self._loaded: set[str] = set()
 
     def add_module(self, use: n.Use) -> None:
         from hookql.parser import parse  # the checker is the only stage that reaches back to parse modules
 
+        key = use.path or use.name
+        if key in self._loaded:
+            return
+        self._loaded.add(key)
         found = self.checker.resolver.resolve(use, self.diags)
         if found is None:
             return
         ns, source = found
         module = parse(source, self.diags)
+        for inner in module.uses:  # a library's own libraries, in the one namespace
+            self.add_module(inner)
         local = {i.name for i in module.items if isinstance(i, (n.Const, n.Def))}
         for item in module.items:
             if isinstance(item, n.Const):

@@ -92,6 +92,19 @@ def _parser() -> argparse.ArgumentParser:
     kernel_opts(p)
     p.set_defaults(func=cmd_compile)
 
+    p = sub.add_parser("lib", help="script libraries: add, install, update, list (hookql.toml, hookql.lock)")
+    lib = p.add_subparsers(dest="lib_cmd", metavar="ACTION", required=True)
+    q = lib.add_parser("add", help="add a git library to hookql.toml and install it")
+    q.add_argument("name")
+    q.add_argument("--git", required=True, metavar="URL")
+    q.add_argument("--version", default="*", metavar="RANGE", help="semver range, e.g. ^1.2 (default: any)")
+    q = lib.add_parser("install", help="resolve, fetch and lock (keeps locked versions that still fit)")
+    q.add_argument("--locked", action="store_true", help="for CI: install exactly the lock; fail if missing or stale")
+    q = lib.add_parser("update", help="move libraries to the newest versions their ranges allow")
+    q.add_argument("names", nargs="*", metavar="NAME")
+    lib.add_parser("list", help="the locked libraries")
+    p.set_defaults(func=cmd_lib)
+
     p = sub.add_parser("repl", help="explore hooks, type clauses, watch live aggregations")
     p.set_defaults(func=cmd_repl)
 
@@ -246,6 +259,12 @@ def cmd_run(args) -> int:
         elif log:
             print("  (-v shows libbpf's log)", file=sys.stderr)
         return 1
+
+
+def cmd_lib(args) -> int:
+    from hookql import libcmd
+
+    return libcmd.run(args)
 
 
 def cmd_repl(args) -> int:
