@@ -91,7 +91,8 @@ class Checker:
         out = CheckedScript(script, self.kernel)
         consts = _Consts(self, diags)
         for use in script.uses:
-            consts.add_module(use)
+            # `include` adds the module's clauses to this script (checked with its other clauses)
+            script.items += consts.add_module(use)
         for item in script.items:
             if isinstance(item, (n.Const, n.Def)):
                 consts.declare(item)
@@ -117,30 +118,39 @@ class _Consts:
         self._active: list[str] = []
         self._loaded: set[str] = set()
 
-    def add_module(self, use: n.Use) -> None:
+    def add_module(self, use: n.Use) -> list[n.Clause]:
+        """Declare a module's constants and defs under its namespace; return
+        its clauses when the script `include`s it."""
         from hookql.parser import parse  # the checker is the only stage that reaches back to parse modules
 
         key = use.path or use.name
-        if key in self._loaded:
-            return
+        if key in self._loaded and not use.include:
+            return []
         self._loaded.add(key)
         found = self.checker.resolver.resolve(use, self.diags)
         if found is None:
-            return
+            return []
         ns, source = found
         module = parse(source, self.diags)
         for inner in module.uses:  # a library's own libraries, in the one namespace
             self.add_module(inner)
         local = {i.name for i in module.items if isinstance(i, (n.Const, n.Def))}
+        clauses: list[n.Clause] = []
         for item in module.items:
             if isinstance(item, n.Const):
                 self.declare(n.Const(item.span, f"{ns}.{item.name}", item.name_span, _qualify(item.value, ns, local)))
             elif isinstance(item, n.Def):
                 body = _qualify(item.body, ns, local - set(item.params))
                 self.declare(n.Def(item.span, f"{ns}.{item.name}", item.name_span, item.params, body))
+            elif isinstance(item, n.Clause) and use.include:
+                where = _qualify(item.where, ns, local) if item.where is not None else None
+                clauses.append(n.Clause(item.span, item.probe, where, [_qualify_action(a, ns, local)
+                                                                       for a in item.actions]))
             elif isinstance(item, n.Clause):
-                self.diags.error(item.span, "a library module defines constants and `def`s; clauses belong in "
-                                 "the scripts that use it")
+                self.diags.error(item.span, "clauses belong in the scripts that use it: a library module's "
+                                 "clauses run only where a script `include`s it; `use` takes constants and defs",
+                                 f"write `include {use.name or use.path}` to run its clauses")
+        return clauses
 
     def declare(self, c: n.Const | n.Def) -> None:
         if c.name in self.decls or c.name in self.defs:
@@ -683,6 +693,15 @@ def _rebuild(e: n.Expr, leaf) -> n.Expr:
 
 def _substitute(body: n.Expr, args: dict[str, n.Expr]) -> n.Expr:
     return _rebuild(body, lambda name: args.get(name.id) or n.Name(name.span, name.id))
+
+
+def _qualify_action(a: n.Action, ns: str, local: set[str]) -> n.Action:
+    q = lambda e: _qualify(e, ns, local)
+    if isinstance(a, n.Aggregate):
+        return n.Aggregate(a.span, a.func, a.func_span, [q(x) for x in a.args], [q(x) for x in a.by])
+    if isinstance(a, n.Emit):
+        return n.Emit(a.span, [q(x) for x in a.values])
+    return n.Deny(a.span, q(a.errno) if a.errno is not None else None)
 
 
 def _qualify(body: n.Expr, ns: str, local: set[str]) -> n.Expr:

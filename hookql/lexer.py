@@ -19,7 +19,7 @@ from hookql.grammar import GRAMMAR_PATH
 from hookql.source import Source, Span
 
 AGGREGATIONS = ("count", "sum", "avg", "min", "max", "hist", "lhist")
-ITEM_KEYWORDS = {"ON", "CONST", "USE", "DEF"}
+ITEM_KEYWORDS = {"ON", "CONST", "USE", "DEF", "INCLUDE"}
 _OPENERS = {"LPAR": "RPAR", "LBRACE": "RBRACE", "LANGLE": "RANGLE"}
 # A newline after one of these continues the line (`count by comm,` + newline).
 _CONTINUES = {

@@ -159,6 +159,7 @@ class Use(Node):
 
     name: str | None
     path: str | None
+    include: bool = False  # `include`: also take the module's clauses
 
 
 @dataclass(eq=False)

@@ -196,6 +196,11 @@ class _Build(Transformer):
             return n.Use(self._span(meta), None, _unquote(target.value))
         return n.Use(self._span(meta), target, None)
 
+    def include_stmt(self, meta, c):
+        use = self.use_stmt(meta, c)
+        use.include = True
+        return use
+
     def dotted_name(self, meta, c):
         return ".".join(str(t) for t in c)
 

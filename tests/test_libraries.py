@@ -92,6 +92,21 @@ def test_library_modules_define_no_clauses(tmp_path, k618):
     assert "clauses belong in the scripts that use it" in err.message
 
 
+def test_include_takes_a_modules_clauses(tmp_path, k618):
+    from hookql.pipeline import generate_c
+
+    root = lib(tmp_path, {"monitors.hq": "const WATCH = 4444\n"
+                                         "on lsm:socket_connect where dport == WATCH { count by comm }\n"})
+    (root / "s.hq").write_text("include mylib.monitors\non lsm:socket_bind { count }\n")
+    r = check_file(root / "s.hq", k618)
+    assert r.ok, [d.render() for d in r.diagnostics]
+    probes = [c.hook.probe for c in r.checked.clauses]
+    assert probes == ["lsm:socket_bind", "lsm:socket_connect"]
+    assert r.checked.clauses[1].span.source.name.endswith("mylib/monitors.hq")  # errors would point there
+    c_source, layout = generate_c(r.checked)
+    assert [p["text"] for p in layout["probes"]] == probes
+
+
 def test_example_library_checks(k618):
     r = check_file(REPO / "examples" / "uses_netlib.hq", k618)
     assert r.ok, [d.render() for d in r.diagnostics]
