@@ -16,11 +16,11 @@ from hookql import __version__
 from hookql.paths import cache_dir
 
 
-_USES = re.compile(r"^\s*use\b", re.MULTILINE)
+_USES = re.compile(r"^\s*(use|include)\b", re.MULTILINE)
 
 
 def key(source_name: str, text: str, mode: str) -> str | None:
-    """None when the script cannot be cached by its text alone (it `use`s other files)."""
+    """None when the script cannot be cached by its text alone (it `use`s or `include`s other files)."""
     if _USES.search(text):
         return None
     u = os.uname()
