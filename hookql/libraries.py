@@ -26,7 +26,6 @@ from hookql.semver import Version
 from hookql.source import Source
 
 MANIFEST = M.MANIFEST
-find_manifest = M.find
 
 
 class ManifestResolver(FileResolver):

@@ -32,10 +32,9 @@ def field_value(buf: bytes, f: dict):
     """One key/record field as a Python value: int, str or ip_address."""
     raw = buf[f["offset"]: f["offset"] + f["size"]]
     if f["kind"] == "str":
-        return raw.split(b"\0", 1)[0].decode(errors="replace")
+        return _str(raw)
     if f["kind"] == "addr":
-        a = ipaddress.IPv6Address(raw)
-        return a.ipv4_mapped or a
+        return _addr(raw)
     return int.from_bytes(raw, "little", signed=f["signed"])
 
 
@@ -79,6 +78,7 @@ class RecordDecoder:
             self.convert.append((f["name"], conv))
             pos = f["offset"] + f["size"]
         self.struct = struct.Struct("".join(fmt))
+        self.displays = {f["name"]: f["display"] for f in rec["fields"]}  # how each value prints
         order = [f["name"] for f in rec["fields"]]  # the order the user wrote
         self.order = [next(i for i, (n, _) in enumerate(self.convert) if n == name) for name in order]
 

@@ -114,8 +114,7 @@ class TextPrinter:
             bar = "@" * round(BAR * counts[i] / top) if top else ""
             self.out.write(f"  {label:<{lw}} {counts[i]:>10} |{bar:<{BAR}}|\n")
 
-    def event(self, rec: dict, values: dict) -> None:
-        disp = rec.setdefault("_display", {f["name"]: f["display"] for f in rec["fields"]})
+    def event(self, rec: dict, values: dict, disp: dict) -> None:
         self.out.write(" ".join(f"{k}={display(v, disp[k]) if disp[k] else v}" for k, v in values.items()) + "\n")
 
     def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
@@ -151,8 +150,7 @@ class JsonPrinter:
         self._write({"probe": agg["probe"], "aggregation": agg["func"], "text": agg["text"], "line": agg["line"],
                      "by": [f["name"] for f in agg["by"]], "rows": out_rows})
 
-    def event(self, rec: dict, values: dict) -> None:
-        disp = rec.setdefault("_display", {f["name"]: f["display"] for f in rec["fields"]})
+    def event(self, rec: dict, values: dict, disp: dict) -> None:
         self._write({"probe": rec["probe"], "line": rec["line"],
                      "event": {k: _jsonable(display(v, disp[k])) for k, v in values.items()}})
 

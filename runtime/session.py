@@ -125,7 +125,7 @@ class Session:
         try:
             raw = ctypes.string_at(data, size)
             rec, decode = self.records[int.from_bytes(raw[:4], "little")]
-            self.printer.event(rec, decode(raw))
+            self.printer.event(rec, decode(raw), decode.displays)
         except Exception as exc:  # a ctypes callback must not raise; reported at exit
             self.callback_errors.append(f"{type(exc).__name__}: {exc}")
         return 0

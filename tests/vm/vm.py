@@ -15,7 +15,6 @@ Debian's package archive for linux-image-amd64 (fetched once, cached).
 from __future__ import annotations
 
 import hashlib
-import os
 import shutil
 import subprocess
 import sys
@@ -28,6 +27,8 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO / "tools"))
 
 from kernel_image import debian_kernel, default_image_package  # noqa: E402
+
+from hookql.paths import cache_dir  # noqa: E402
 
 # Modules the initramfs loads, in dependency order (Debian 6.1 builds them as modules).
 MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
@@ -78,8 +79,7 @@ class Result:
 
 
 def cache_root() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "hookql" / "vm"
+    return cache_dir() / "vm"
 
 
 def missing_tools() -> list[str]:
