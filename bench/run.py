@@ -224,6 +224,16 @@ def _reported_lost(err: str) -> int | None:
 
 
 # -- the run -------------------------------------------------------------------------------------
+def interleaved(rounds: int, measure) -> dict[str, list]:
+    """Each round measures every tool once, so drift on the machine (other tenants, frequency) lands on all
+    tools alike instead of on whichever ran last."""
+    out: dict[str, list] = {tool: [] for tool in TOOLS}
+    for _ in range(rounds):
+        for tool in TOOLS:
+            out[tool].append(measure(tool))
+    return out
+
+
 def median(xs):
     xs = [x for x in xs if x is not None]
     return statistics.median(xs) if xs else None
@@ -251,14 +261,11 @@ def main() -> int:
                  "cost": {}, "growth": {}, "startup": {}, "streaming": {}, "memory": {}}
     try:
         for name, per_tool in SCRIPTS.items():
-            res["cost"][name] = {}
-            for tool in TOOLS:
-                rounds = [run_cost(tool, per_tool[tool], args.n) for _ in range(args.rounds)]
-                res["cost"][name][tool] = {k: median([r[k] for r in rounds]) for k in rounds[0]}
+            rounds = interleaved(args.rounds, lambda tool: run_cost(tool, per_tool[tool], args.n))
+            res["cost"][name] = {tool: {k: median([r[k] for r in rs]) for k in rs[0]} for tool, rs in rounds.items()}
         for keys in (int(k) for k in args.keys.split(",")):
-            res["growth"][str(keys)] = {tool: median([run_cost(tool, GROWTH[tool], args.n, keys,
-                                                               GROWTH_MAP)["ns_per_event"]
-                                                      for _ in range(args.rounds)]) for tool in TOOLS}
+            rounds = interleaved(args.rounds, lambda tool: run_cost(tool, GROWTH[tool], args.n, keys, GROWTH_MAP))
+            res["growth"][str(keys)] = {tool: median([r["ns_per_event"] for r in rs]) for tool, rs in rounds.items()}
         for probes in (1, 20):
             hq = _many("hookql", probes)
             bt = _many("bpftrace", probes)

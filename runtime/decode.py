@@ -1,4 +1,4 @@
-"""Reading maps and ring-buffer records back into Python values.
+"""Reading maps back into Python values (emitted records print in C: runtime/events.py).
 
 Layouts come from the IR (hookql.codegen.ir), the same description the C was
 generated from.  Per-CPU values are combined here: counts and sums add up,
@@ -9,7 +9,6 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import ipaddress
-import struct
 from dataclasses import dataclass
 
 from hookql.constants import ADDRESS_FAMILIES
@@ -25,7 +24,7 @@ _TCP_STATE = {1: "TCP_ESTABLISHED", 2: "TCP_SYN_SENT", 3: "TCP_SYN_RECV", 4: "TC
               11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV"}
 _SOCK_TYPE = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET",
               6: "SOCK_DCCP", 10: "SOCK_PACKET"}
-_NAMES = {"af": _AF, "proto": _PROTO, "tcp_state": _TCP_STATE, "sock_type": _SOCK_TYPE}
+NAMES = {"af": _AF, "proto": _PROTO, "tcp_state": _TCP_STATE, "sock_type": _SOCK_TYPE}
 
 
 def field_value(buf: bytes, f: dict):
@@ -41,8 +40,8 @@ def field_value(buf: bytes, f: dict):
 def display(value, kind: str | None):
     """How a value prints: names for families, protocols, TCP states, errnos."""
     if isinstance(value, int):
-        if kind in _NAMES:
-            return _NAMES[kind].get(value, value)
+        if kind in NAMES:
+            return NAMES[kind].get(value, value)
         if kind == "errno" and value < 0 and -value in _errno.errorcode:
             return f"-{_errno.errorcode[-value]}"
         if kind == "hex":
@@ -53,42 +52,6 @@ def display(value, kind: str | None):
 
 def decode_key(buf: bytes, fields: list[dict]) -> dict:
     return {f["name"]: field_value(buf, f) for f in fields}
-
-
-_INT_CODES = {(1, False): "B", (1, True): "b", (2, False): "H", (2, True): "h", (4, False): "I", (4, True): "i",
-              (8, False): "Q", (8, True): "q"}
-
-
-class RecordDecoder:
-    """Decodes one emit record layout with a single precompiled struct.unpack:
-    the ring-buffer reader runs this once per event, so it must be cheap."""
-
-    def __init__(self, rec: dict):
-        fmt, self.convert = ["<"], []
-        pos = 0
-        for f in sorted(rec["fields"], key=lambda f: f["offset"]):
-            if f["offset"] > pos:
-                fmt.append(f"{f['offset'] - pos}x")
-            if f["kind"] == "int":
-                fmt.append(_INT_CODES[(f["size"], f["signed"])])
-                conv = None
-            else:
-                fmt.append(f"{f['size']}s")
-                conv = _str if f["kind"] == "str" else _addr
-            self.convert.append((f["name"], conv))
-            pos = f["offset"] + f["size"]
-        self.struct = struct.Struct("".join(fmt))
-        self.displays = {f["name"]: f["display"] for f in rec["fields"]}  # how each value prints
-        order = [f["name"] for f in rec["fields"]]  # the order the user wrote
-        self.order = [next(i for i, (n, _) in enumerate(self.convert) if n == name) for name in order]
-
-    def __call__(self, raw: bytes) -> dict:
-        vals = self.struct.unpack_from(raw)
-        out = {}
-        for i in self.order:
-            name, conv = self.convert[i]
-            out[name] = conv(vals[i]) if conv else vals[i]
-        return out
 
 
 def _str(b: bytes) -> str:

@@ -114,9 +114,6 @@ class TextPrinter:
             bar = "@" * round(BAR * counts[i] / top) if top else ""
             self.out.write(f"  {label:<{lw}} {counts[i]:>10} |{bar:<{BAR}}|\n")
 
-    def event(self, rec: dict, values: dict, disp: dict) -> None:
-        self.out.write(" ".join(f"{k}={display(v, disp[k]) if disp[k] else v}" for k, v in values.items()) + "\n")
-
     def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
         if enforce:
             self.out.write(f"\n{probe}: denied {denied}\n")
@@ -149,10 +146,6 @@ class JsonPrinter:
             out_rows.append({"key": key, "value": value})
         self._write({"probe": agg["probe"], "aggregation": agg["func"], "text": agg["text"], "line": agg["line"],
                      "by": [f["name"] for f in agg["by"]], "rows": out_rows})
-
-    def event(self, rec: dict, values: dict, disp: dict) -> None:
-        self._write({"probe": rec["probe"], "line": rec["line"],
-                     "event": {k: _jsonable(display(v, disp[k])) for k, v in values.items()}})
 
     def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
         self._write({"probe": probe, "aggregation": "deny", "enforce": enforce, "denied": denied,

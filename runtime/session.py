@@ -7,7 +7,6 @@ links and fds whatever ends the run.
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import shlex
 import signal
@@ -17,7 +16,7 @@ import time
 from dataclasses import dataclass
 
 from hookql.runtime import features, libbpf
-from hookql.runtime.decode import MapReader, RecordDecoder
+from hookql.runtime.decode import MapReader
 from hookql.runtime.loader import BpfObject, LoadError
 from hookql.runtime.output import JsonPrinter, TextPrinter
 
@@ -47,10 +46,9 @@ class Session:
         source = os.path.basename(layout["source"])
         self.printer = (JsonPrinter if opts.format == "json" else TextPrinter)(self.out, source)
         self.stop_reason: str | None = None
-        self.callback_errors: list[str] = []
-        self.records = {r["id"]: (r, RecordDecoder(r)) for r in layout["emits"]}
+        self.events = None  # runtime/events.py, once loaded
         # a live view (the REPL) redraws its tables in place, unless events stream between them
-        self.redraw = redraw and not self.records and opts.format == "text"
+        self.redraw = redraw and not layout["emits"] and opts.format == "text"
 
     # -- the run --
     def run(self) -> int:
@@ -93,9 +91,12 @@ class Session:
     def _loop(self, obj: BpfObject, child) -> None:
         l = libbpf.lib()
         rb = None
-        cb = libbpf.SAMPLE_FN(self._on_event)
-        if self.records:
-            rb = libbpf.check_ptr(l.ring_buffer__new(obj.map_fd("hq_events"), cb, None, None), "ring_buffer__new")
+        if self.layout["emits"]:
+            from hookql.runtime.events import EventPrinter
+
+            self.events = EventPrinter(self.layout["emits"], self.opts.format, self.out)
+            rb = libbpf.check_ptr(l.ring_buffer__new(obj.map_fd("hq_events"), self.events.sample_fn,
+                                                     self.events.ctx, None), "ring_buffer__new")
         try:
             start = time.monotonic()
             next_print = start + self.opts.every if self.opts.every else None
@@ -112,26 +113,21 @@ class Session:
                     next_print += self.opts.every
                 if rb:
                     l.ring_buffer__poll(rb, POLL_MS)  # -EINTR on a signal: the loop checks why
-                    self.printer.flush()
+                    self.events.flush()
                 else:
                     time.sleep(POLL_MS / 1000)
             if rb:
                 l.ring_buffer__consume(rb)  # what arrived before the stop still prints
+                self.events.flush()
         finally:
             if rb:
                 l.ring_buffer__free(rb)
-
-    def _on_event(self, ctx, data, size) -> int:
-        try:
-            raw = ctypes.string_at(data, size)
-            rec, decode = self.records[int.from_bytes(raw[:4], "little")]
-            self.printer.event(rec, decode(raw), decode.displays)
-        except Exception as exc:  # a ctypes callback must not raise; reported at exit
-            self.callback_errors.append(f"{type(exc).__name__}: {exc}")
-        return 0
+                self.events.close()
 
     # -- printing --
     def print_all(self, obj: BpfObject) -> dict[str, int]:
+        if self.events:
+            self.events.flush()  # events before tables, as they happened
         if self.redraw:
             self.printer.erase()
         reader = MapReader()
@@ -157,8 +153,9 @@ class Session:
             if n:
                 lost.append(f"{n} events not counted in `{agg['text']}` (line {agg['line']}): its map is full; "
                             "raise --map-size")
-        for msg in self.callback_errors[:5]:
-            lost.append(f"an event could not be decoded: {msg}")
+        if self.events and self.events.bad:
+            lost.append(f"{self.events.bad} emitted events could not be decoded (unknown record or too short): "
+                        "a HookQL bug; please report it")
         for msg in lost:
             self.err.write(f"hookql: warning: {msg}\n")
 

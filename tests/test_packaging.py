@@ -17,6 +17,7 @@ print(json.dumps({
     "catalog": (resources.files("hookql") / "data" / "catalog.json").is_file(),
     "btf": sorted(p.name for p in (resources.files("hookql") / "data" / "btf").iterdir()),
     "codegen": hookql.codegen.__file__,
+    "event_printer": (resources.files("hookql.runtime") / "events.c").is_file(),
 }))
 """
 
@@ -40,6 +41,7 @@ def test_one_namespace(tmp_path, editable):
     info, site = _install(tmp_path, editable)
     assert info["stray"] == []
     assert info["grammar"] and info["catalog"] and info["btf"] == ["6.1.btf.xz", "6.18.btf.xz"]
+    assert info["event_printer"]  # runtime/events.c is built on first use
     for top in ("codegen", "runtime", "grammar", "tools", "tests", "examples"):
         assert top not in site
     if editable:

@@ -1,0 +1,163 @@
+"""Streaming emitted events: the ring buffer is drained and printed in C.
+
+runtime/events.c is built once per HookQL version into the cache (with the
+clang HookQL already needs) and handed to libbpf as the ring buffer's sample
+callback, so printing an event runs no Python.  This module turns each emit
+record's layout into the plan the C follows: field offsets and kinds, and how
+every value prints (name tables, hex), in the text or JSON form that
+runtime/output.py uses for everything else.
+"""
+from __future__ import annotations
+
+import ctypes
+import errno as _errno
+import hashlib
+import json
+import os
+import subprocess
+from functools import cache
+from pathlib import Path
+
+from hookql import __version__
+from hookql.paths import cache_dir
+from hookql.runtime.decode import NAMES
+
+_SOURCE = Path(__file__).with_name("events.c")
+_KINDS = {"uint": 0, "sint": 1, "str": 2, "addr": 3}
+_D_NONE, _D_NAMES, _D_HEX = 0, 1, 2
+_MAX_INT_TEXT = 24  # -9223372036854775808, or "0x" + 16 digits in quotes
+
+
+class EventsError(RuntimeError):
+    """The C printer could not be built or loaded."""
+
+
+class _Name(ctypes.Structure):
+    _fields_ = [("value", ctypes.c_int64), ("text", ctypes.c_char_p)]
+
+
+class _Field(ctypes.Structure):
+    _fields_ = [("offset", ctypes.c_uint32), ("size", ctypes.c_uint32), ("kind", ctypes.c_uint32),
+                ("display", ctypes.c_uint32), ("prefix", ctypes.c_char_p), ("names", ctypes.POINTER(_Name)),
+                ("n_names", ctypes.c_uint32)]
+
+
+class _Record(ctypes.Structure):
+    _fields_ = [("head", ctypes.c_char_p), ("tail", ctypes.c_char_p), ("size", ctypes.c_uint32),
+                ("n_fields", ctypes.c_uint32), ("max_text", ctypes.c_uint32), ("fields", ctypes.POINTER(_Field))]
+
+
+class _Out(ctypes.Structure):
+    _fields_ = [("fd", ctypes.c_int32), ("json", ctypes.c_int32), ("n_records", ctypes.c_uint32),
+                ("records", ctypes.POINTER(_Record)), ("buf", ctypes.c_void_p), ("len", ctypes.c_uint64),
+                ("cap", ctypes.c_uint64), ("events", ctypes.c_uint64), ("bad", ctypes.c_uint64),
+                ("error", ctypes.c_int32)]
+
+
+@cache
+def _library() -> ctypes.CDLL:
+    src = _SOURCE.read_bytes()
+    key = hashlib.sha256(src + __version__.encode()).hexdigest()[:16]
+    so = cache_dir() / "native" / f"events-{key}.so"
+    if not so.exists():
+        from hookql.codegen.build import BuildError, clang
+
+        try:
+            exe = clang()[0]
+        except BuildError as exc:
+            raise EventsError(str(exc))
+        so.parent.mkdir(parents=True, exist_ok=True)
+        tmp = so.with_suffix(f".{os.getpid()}.tmp")
+        r = subprocess.run([exe, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE)], capture_output=True,
+                           text=True)
+        if r.returncode:
+            raise EventsError(f"building the event printer failed:\n{r.stderr.strip()}")
+        tmp.replace(so)
+    lib = ctypes.CDLL(str(so))
+    lib.hq_ev_sample.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
+    lib.hq_ev_sample.restype = ctypes.c_int
+    lib.hq_ev_flush.argtypes = [ctypes.POINTER(_Out)]
+    lib.hq_ev_flush.restype = ctypes.c_int
+    lib.hq_ev_free.argtypes = [ctypes.POINTER(_Out)]
+    lib.hq_ev_free.restype = None
+    return lib
+
+
+def _names(display: str | None, as_json: bool) -> list[tuple[int, str]]:
+    """value -> how it prints, for the displays that print names (runtime/decode.py's tables)."""
+    if display == "errno":
+        pairs = [(-code, f"-{name}") for code, name in _errno.errorcode.items()]
+    else:
+        pairs = list(NAMES.get(display, {}).items())
+    return [(v, json.dumps(t) if as_json else t) for v, t in pairs]
+
+
+class EventPrinter:
+    """Prints every record of a layout's `emits` to `out` (a file with a
+    descriptor: written by the C directly; anything else gets the text from
+    take())."""
+
+    def __init__(self, records: list[dict], fmt: str, out):
+        self.lib = _library()
+        self.json = fmt == "json"
+        self._keep = []  # every ctypes object the C points into
+        recs = (_Record * len(records))()
+        for r in sorted(records, key=lambda r: r["id"]):
+            recs[r["id"]] = self._record(r)
+        try:
+            fd = out.fileno()
+        except (AttributeError, OSError, ValueError):
+            fd = -1
+        self.out = out
+        self.state = _Out(fd=fd, json=self.json, n_records=len(records), records=recs)
+        self._keep.append(recs)
+        self.sample_fn = ctypes.cast(self.lib.hq_ev_sample, ctypes.c_void_p)
+        self.ctx = ctypes.cast(ctypes.pointer(self.state), ctypes.c_void_p)
+
+    def _c(self, text: str) -> bytes:
+        b = text.encode()
+        self._keep.append(b)
+        return b
+
+    def _record(self, rec: dict) -> _Record:
+        fields = (_Field * len(rec["fields"]))()
+        text = 0
+        for i, f in enumerate(rec["fields"]):
+            sep = (", " if self.json else " ") if i else ""
+            prefix = f"{sep}{json.dumps(f['name'])}: " if self.json else f"{sep}{f['name']}="
+            kind = f["kind"] if f["kind"] != "int" else ("sint" if f["signed"] else "uint")
+            names = _names(f["display"], self.json) if kind in ("uint", "sint") else []
+            names = [(v, t) for v, t in names if v >= 0 or kind == "sint"]
+            table = (_Name * len(names))(*[_Name(v, self._c(t)) for v, t in names])
+            self._keep.append(table)
+            display = _D_NAMES if names else _D_HEX if f["display"] == "hex" else _D_NONE
+            fields[i] = _Field(f["offset"], f["size"], _KINDS[kind], display, self._c(prefix), table, len(names))
+            # the most this value can print as: JSON escapes are up to 6 bytes per byte of a string
+            longest_name = max((len(t) for _, t in names), default=0)
+            value = 6 * f["size"] + 2 if kind == "str" else 48 if kind == "addr" else max(_MAX_INT_TEXT, longest_name)
+            text += len(prefix) + value
+        self._keep.append(fields)
+        if self.json:
+            head = f'{{"probe": {json.dumps(rec["probe"])}, "line": {rec["line"]}, "event": {{'
+            tail = "}}\n"
+        else:
+            head, tail = "", "\n"
+        return _Record(self._c(head), self._c(tail), rec["size"], len(rec["fields"]),
+                       text + len(head) + len(tail), fields)
+
+    def flush(self) -> None:
+        """Write what the C has formatted (after the caller flushed `out`, so output stays in order)."""
+        if self.state.fd >= 0:
+            err = self.lib.hq_ev_flush(ctypes.byref(self.state))
+            if err:
+                raise OSError(-err, os.strerror(-err))
+        elif self.state.len:
+            self.out.write(ctypes.string_at(self.state.buf, self.state.len).decode("utf-8", "replace"))
+            self.state.len = 0
+
+    @property
+    def bad(self) -> int:
+        return self.state.bad
+
+    def close(self) -> None:
+        self.lib.hq_ev_free(ctypes.byref(self.state))
