@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import argparse
-import fnmatch
 import os
 import re
 import sys
-import traceback
 
 from hookql import __version__
-from hookql.diagnostics import Diagnostic
 from hookql.source import Source
 
-# The front end (lark, jinja) is imported where used, so a warm `hookql run`
-# never loads it (see hookql/runcache.py).
+# Everything else (the front end, lark, jinja, BTF, diagnostics) is imported
+# where used, so a warm `hookql run` never loads it (see hookql/runcache.py).
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -25,19 +22,20 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ap.print_help()
             return 2
-    from hookql.kernel import KernelError
-
     try:
         return args.func(args)
-    except KernelError as exc:
-        print(f"hookql: error: {exc}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         return 130
     except BrokenPipeError:
         return 0
     except Exception as exc:  # the last resort: never a bare traceback for users
+        kernel = sys.modules.get("hookql.kernel")  # its errors exist only once it is imported
+        if kernel and isinstance(exc, kernel.KernelError):
+            print(f"hookql: error: {exc}", file=sys.stderr)
+            return 1
         if os.environ.get("HOOKQL_DEBUG"):
+            import traceback
+
             traceback.print_exc()
         print(f"hookql: internal error: {type(exc).__name__}: {exc}\n"
               "  this is a bug in HookQL; rerun with HOOKQL_DEBUG=1 for details and report it", file=sys.stderr)
@@ -126,6 +124,12 @@ def _duration(text: str) -> float:
     return float(m[1]) * scale
 
 
+def _diagnostic(*args):
+    from hookql.diagnostics import Diagnostic
+
+    return Diagnostic(*args)
+
+
 def _read_sources(files: list[str], expr: str | None) -> list[Source] | None:
     """Scripts named on the command line; None after saying why one can't be read."""
     sources = [Source("<-e>", expr)] if expr is not None else []
@@ -177,7 +181,7 @@ def _build(checked, mode: str, out=None):
     try:
         return compile_checked(checked, mode, out)
     except LoweringError as exc:
-        print(Diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
+        print(_diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
     except BuildError as exc:
         print(f"hookql: error: clang could not build the generated program:\n{exc}\n"
               "  this is a bug in HookQL; `hookql compile --emit-c` shows the C", file=sys.stderr)
@@ -203,7 +207,7 @@ def cmd_compile(args) -> int:
         try:
             sys.stdout.write(generate_c(checked, mode)[0])
         except LoweringError as exc:
-            print(Diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
+            print(_diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
             return 1
         return 0
     out = args.output or (os.path.splitext(args.file)[0] + ".bpf.o" if args.file else "out.bpf.o")
@@ -338,7 +342,9 @@ def cmd_hooks(args) -> int:
 
 def _matches(pattern: str, name: str) -> bool:
     if any(c in pattern for c in "*?["):
-        return fnmatch.fnmatchcase(name, pattern) or fnmatch.fnmatchcase(name.split(":", 1)[1], pattern)
+        from fnmatch import fnmatchcase
+
+        return fnmatchcase(name, pattern) or fnmatchcase(name.split(":", 1)[1], pattern)
     return pattern in name
 
 
@@ -353,7 +359,7 @@ def _describe_hook(cat: Catalog, kern: K.Kernel, spec: str) -> int:
     try:
         hook = cat.resolve(provider, target, kern)
     except ProbeError as exc:
-        print(Diagnostic("error", None, str(exc), exc.hint).render(), file=sys.stderr)
+        print(_diagnostic("error", None, str(exc), exc.hint).render(), file=sys.stderr)
         return 1
     _print_hook(hook, cat)
     return 0

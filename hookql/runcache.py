@@ -2,8 +2,10 @@
 parsing, checking, rendering and clang, and imports none of them.
 
 Keyed by the script's text and name, the running kernel's identity (release,
-build and BTF size), the attach mode and HookQL's version; it stores the
-object's path, its layout and the diagnostics (warnings) to print again.
+build and BTF size), the attach mode, HookQL's version and the newest change
+to its own files (an edited checkout or template must not replay an old
+object); it stores the object's path, its layout and the diagnostics
+(warnings) to print again.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import json
 import os
 import re
 
+import hookql
 from hookql import __version__
 from hookql.paths import cache_dir
 
@@ -28,8 +31,22 @@ def key(source_name: str, text: str, mode: str) -> str | None:
         btf_size = os.stat("/sys/kernel/btf/vmlinux").st_size
     except OSError:
         btf_size = 0
-    ident = "\0".join([__version__, mode, u.release, u.version, str(btf_size), source_name, text])
+    ident = "\0".join([__version__, _code_stamp(), mode, u.release, u.version, str(btf_size), source_name, text])
     return hashlib.sha256(ident.encode()).hexdigest()[:24]
+
+
+def _code_stamp() -> str:
+    """The newest modification among HookQL's own files (a few dozen stats)."""
+    import hookql.codegen
+    import hookql.grammar
+    import hookql.runtime
+
+    newest = 0
+    dirs = [os.path.dirname(m.__file__) for m in (hookql, hookql.codegen, hookql.grammar, hookql.runtime)]
+    for d in dirs + [os.path.join(dirs[1], "templates")]:
+        with os.scandir(d) as it:
+            newest = max([newest, *(e.stat().st_mtime_ns for e in it if e.is_file())])
+    return str(newest)
 
 
 def _path(k: str):

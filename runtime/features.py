@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import subprocess
 from pathlib import Path
 
 SECURITYFS = Path("/sys/kernel/security")
@@ -64,6 +63,8 @@ def ensure_mounted(path: Path, fstype: str) -> None:
     """Mount a kernel pseudo-filesystem if it is missing and we may (root)."""
     if os.geteuid() != 0 or not path.is_dir() or any(path.iterdir()):
         return
+    import subprocess
+
     subprocess.run(["mount", "-t", fstype, fstype, str(path)], capture_output=True, check=False)
 
 

@@ -8,7 +8,6 @@ LibbpfError with the call's name.
 from __future__ import annotations
 
 import ctypes
-import ctypes.util
 import os
 from collections import deque
 from functools import cache
@@ -78,17 +77,20 @@ _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, c_char_p, c_void_p)
 LEVELS = {0: "warning", 1: "info", 2: "debug"}
 # libbpf's messages are kept, not printed: callers show them with their own error.
 messages: deque[tuple[str, str]] = deque(maxlen=200)
+# Debug lines (hundreds per load) are formatted only for -v: each costs a callback into Python.
+keep_debug = False
 
 
 @cache
 def lib() -> ctypes.CDLL:
     """Load libbpf once, with every used function's prototype declared."""
-    name = ctypes.util.find_library("bpf") or "libbpf.so.1"
     try:
         handle = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
+        from ctypes.util import find_library  # runs ldconfig: only when the usual soname is not there
+
         try:
-            handle = ctypes.CDLL(name, use_errno=True)
+            handle = ctypes.CDLL(find_library("bpf") or "libbpf.so.1", use_errno=True)
         except OSError as exc:
             raise LibbpfMissing(
                 "libbpf.so.1 was not found; install it (Debian/Ubuntu: "
@@ -109,6 +111,8 @@ _libc.vsnprintf.restype = ctypes.c_int
 
 @_PRINT_FN
 def _print_cb(level: int, fmt: bytes, args: int) -> int:
+    if level == 2 and not keep_debug:
+        return 0
     # On x86-64 and arm64 a va_list argument is passed as a pointer, so libc's
     # vsnprintf can format it for us.
     buf = ctypes.create_string_buffer(4096)

@@ -11,7 +11,6 @@ import errno
 import re
 from dataclasses import dataclass
 
-from hookql.btf import Btf
 from hookql.runtime import features, libbpf
 from hookql.runtime.libbpf import LibbpfError
 
@@ -61,19 +60,13 @@ class BpfObject:
     def configure(self, pid: int = 0, enforce: bool = False, map_entries: int | None = None,
                   ringbuf_size: int | None = None) -> None:
         """Set the program's read-only config (hq_cfg) and map sizes."""
-        rodata = self.l.bpf_object__find_map_by_name(self.obj, b".rodata")
-        btf = Btf(self.l.bpf_object__btf(self.obj), "object", owned=False)
-        sec = btf.find(".rodata", "datasec")
-        if not rodata or sec is None or "hq_cfg" not in sec.datasec_vars:
+        cfg = self.l.bpf_object__find_map_by_name(self.obj, b".rodata.hq_cfg")
+        if not cfg:
             raise LoadError(f"{self.path} is not a HookQL object (no hq_cfg)")
-        off, size = sec.datasec_vars["hq_cfg"]
-        cur_size = ctypes.c_size_t()
-        cur = libbpf.check_ptr(self.l.bpf_map__initial_value(rodata, ctypes.byref(cur_size)),
-                               "bpf_map__initial_value", ".rodata")
-        data = bytearray(ctypes.string_at(cur, cur_size.value))
-        data[off:off + 8] = pid.to_bytes(4, "little") + int(enforce).to_bytes(4, "little")
-        buf = ctypes.create_string_buffer(bytes(data), len(data))
-        libbpf.check_int(self.l.bpf_map__set_initial_value(rodata, buf, len(data)), "bpf_map__set_initial_value")
+        data = pid.to_bytes(4, "little") + int(enforce).to_bytes(4, "little")  # struct hq_config
+        buf = ctypes.create_string_buffer(data, len(data))
+        libbpf.check_int(self.l.bpf_map__set_initial_value(cfg, buf, len(data)), "bpf_map__set_initial_value",
+                         ".rodata.hq_cfg")
         if ringbuf_size and self.layout["emits"]:
             m = self.l.bpf_object__find_map_by_name(self.obj, b"hq_events")
             libbpf.check_int(self.l.bpf_map__set_max_entries(m, ringbuf_size), "bpf_map__set_max_entries",

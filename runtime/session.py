@@ -8,9 +8,7 @@ links and fds whatever ends the run.
 from __future__ import annotations
 
 import os
-import shlex
 import signal
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -57,6 +55,7 @@ class Session:
         old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
         child = None
         try:
+            libbpf.keep_debug = self.opts.verbose
             with BpfObject(self.obj_path, self.layout) as obj:
                 obj.configure(self.opts.pid or 0, self.opts.enforce, self.opts.map_entries, self.opts.ringbuf_size)
                 obj.load()
@@ -83,6 +82,9 @@ class Session:
     def _start_child(self):
         if not self.opts.command:
             return None
+        import shlex
+        import subprocess
+
         try:
             return subprocess.Popen(shlex.split(self.opts.command))
         except (OSError, ValueError) as exc:
