@@ -7,8 +7,9 @@ Measures, for the same work in each tool (medians of --rounds):
   cost      in-kernel ns/event from the kernel's bpf_stats (run_time_ns / run_cnt)
             while bench/workload makes N getsockopt calls; xlated/jited sizes
   growth    the same for `count by level` with 1, 1k and 100k distinct keys
-  startup   invocation -> probes live, cold and warm cache, 1 and 20 probes
-  streaming one event per call at full rate: delivered, lost
+  startup   invocation -> probes live, cold and warm cache, 1 and 20 probes; beside it
+            `python3 -c pass`, the floor for any Python tool on the machine
+  streaming one event per call at full rate: delivered, lost; then paced rates
   memory    peak RSS (VmHWM) of the tool's process
 Writes OUT/results.json, OUT/results.png and prints a table with ratios.
 """
@@ -53,9 +54,19 @@ SYSCALLS = ["socket", "connect", "accept4", "bind", "listen", "sendto", "recvfro
             "write", "mmap", "getsockopt"]
 
 
+PACKAGE_DIRS = ("hookql", "grammar", "codegen", "runtime")
+
+
 # -- building -------------------------------------------------------------------------
 def build() -> None:
     BUILD.mkdir(exist_ok=True)
+    # bytecode as `pip install` leaves it: an editable checkout under PYTHONDONTWRITEBYTECODE
+    # would otherwise recompile HookQL's modules on every start
+    import hookql
+
+    top = Path(hookql.__file__).resolve().parent.parent
+    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(top / d) for d in PACKAGE_DIRS)],
+                   check=True, stdout=subprocess.DEVNULL)
     cc = lambda *a: subprocess.run(list(a), check=True, cwd=HERE)
     cc("gcc", "-O2", "-o", str(BUILD / "workload"), "workload.c")
     cc("gcc", "-O2", "-o", str(BUILD / "loader"), "ref/loader.c", "-lbpf")
@@ -204,12 +215,20 @@ def run_stream(tool: str, script: str, n: int, rate: float = 0) -> dict:
 
 
 def stream_sweep(tool: str, rates: list[int], seconds: float) -> dict:
-    """Lost events at each paced rate; the first losing rate is where the tool starts to drop."""
+    """Lost events at each paced rate (and the rate the workload reached: past its limit it
+    runs flat out); the first losing rate is where the tool starts to drop."""
     out = {}
     for rate in rates:
         r = run_stream(tool, STREAM[tool], int(rate * seconds), rate)
-        out[str(rate)] = {"lost": r["lost"], "reported_lost": r["reported_lost"]}
+        out[str(rate)] = {"lost": r["lost"], "reported_lost": r["reported_lost"], "reached": r["rate_per_s"]}
     return out
+
+
+def python_floor() -> float:
+    """Wall time of `python3 -c pass` with site: what any Python tool pays before its first line."""
+    t0 = time.monotonic()
+    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    return time.monotonic() - t0
 
 
 def _reported_lost(err: str) -> int | None:
@@ -245,7 +264,7 @@ def main() -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--keys", default="1,1000,100000", help="distinct keys for the growth test")
     ap.add_argument("--out", type=Path, default=HERE / "results")
-    ap.add_argument("--rates", default="50000,100000,200000,400000,800000",
+    ap.add_argument("--rates", default="100000,200000,400000,800000,1600000",
                     help="paced event rates (per second) for the streaming sweep")
     ap.add_argument("--rate-seconds", type=float, default=2.0, help="how long each paced rate runs")
     args = ap.parse_args()
@@ -270,6 +289,7 @@ def main() -> int:
             hq = _many("hookql", probes)
             bt = _many("bpftrace", probes)
             res["startup"][f"{probes}"] = {
+                "python": median([python_floor() for _ in range(args.rounds)]),
                 "hookql_cold": median([run_startup("hookql", hq, probes, True) for _ in range(args.rounds)]),
                 "hookql_warm": median([run_startup("hookql", hq, probes, False) for _ in range(args.rounds)]),
                 "bpftrace": median([run_startup("bpftrace", bt, probes, False) for _ in range(args.rounds)]),
@@ -333,12 +353,12 @@ def render_table(res: dict) -> str:
     for keys, r in res["growth"].items():
         h, b, c = (r[t] for t in TOOLS)
         lines.append(f"| {keys} | {h:.1f} | {b:.1f} | {c:.1f} | {_ratio(h, c)} |")
-    lines += ["", "| startup to live (s) | HookQL cold | HookQL warm | bpftrace | warm/bpftrace | cold/bpftrace |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| startup to live (s) | HookQL cold | HookQL warm | bpftrace | warm/bpftrace | cold/bpftrace "
+                  "| `python3 -c pass` |", "|---|---|---|---|---|---|---|"]
     for probes, r in res["startup"].items():
         lines.append(f"| {probes} probe{'s' * (probes != '1')} | {r['hookql_cold']:.2f} | {r['hookql_warm']:.2f} | "
                      f"{r['bpftrace']:.2f} | {_ratio(r['hookql_warm'], r['bpftrace'])} | "
-                     f"{_ratio(r['hookql_cold'], r['bpftrace'])} |")
+                     f"{_ratio(r['hookql_cold'], r['bpftrace'])} | {r['python']:.2f} |")
     lines += ["", "| streaming (one event per call) | fired | delivered | lost | lost as reported by the tool |",
               "|---|---|---|---|---|"]
     for tool, r in res["streaming"].items():
@@ -346,12 +366,13 @@ def render_table(res: dict) -> str:
     rates = res.get("stream_rates", {})
     if rates:
         keys = list(next(iter(rates.values())))
-        lines += ["", "| events lost at a paced rate (events/s) | " + " | ".join(keys) + " | starts to drop at |",
-                  "|---|" + "---|" * (len(keys) + 1)]
+        lines += ["", "| events lost at a paced rate (events/s) | " + " | ".join(keys) +
+                  " | starts to drop at | fastest run without drops |", "|---|" + "---|" * (len(keys) + 2)]
         for tool, r in rates.items():
             first = next((k for k in keys if r[k]["lost"]), None)
+            clean = max((r[k]["reached"] or 0 for k in keys if not r[k]["lost"]), default=0)
             lines.append(f"| {tool} | " + " | ".join(str(r[k]["lost"]) for k in keys) +
-                         f" | {first + '/s' if first else 'no drops'} |")
+                         f" | {first + '/s' if first else 'no drops'} | {clean / 1e3:.0f}k/s |")
     lines += ["", "| peak RSS (MiB) | HookQL | bpftrace | hand-written C | HookQL/bpftrace |", "|---|---|---|---|---|"]
     mem = res["memory"]
     lines.append("| count_by_comm | " + " | ".join(f"{mem[t] / 1024:.1f}" for t in TOOLS) +
