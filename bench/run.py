@@ -82,9 +82,12 @@ def build() -> None:
 
 
 # -- the kernel's own accounting ------------------------------------------------------------
+PROBE_TYPES = {"tracepoint", "kprobe", "lsm", "tracing", "raw_tracepoint"}  # what the tools attach
+
+
 def progs() -> dict[int, dict]:
     out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout
-    return {p["id"]: p for p in json.loads(out) if p.get("type") == "tracepoint"}
+    return {p["id"]: p for p in json.loads(out) if p.get("type") in PROBE_TYPES}
 
 
 def stats(ids) -> tuple[int, int]:
@@ -267,6 +270,9 @@ def main() -> int:
     ap.add_argument("--rates", default="100000,200000,400000,800000,1600000",
                     help="paced event rates (per second) for the streaming sweep")
     ap.add_argument("--rate-seconds", type=float, default=2.0, help="how long each paced rate runs")
+    ap.add_argument("--catalog", action="store_true",
+                    help="also startup and RSS with 1, 20 and all catalog hooks (kprobes, LSM) on 6.1 in the VM "
+                         "(bench/catalog_growth.py; minutes of emulation)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         sys.exit("bench/run.py loads BPF programs: run it as root")
@@ -300,6 +306,10 @@ def main() -> int:
         res["stream_rates"] = {tool: stream_sweep(tool, rates, args.rate_seconds) for tool in TOOLS}
         for tool in TOOLS:
             res["memory"][tool] = res["cost"]["count_by_comm"][tool]["rss_kb"]
+        if args.catalog:
+            import catalog_growth
+
+            res["catalog_growth"] = catalog_growth.measure(args.rounds)
     finally:
         subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=0"], check=False)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -377,6 +387,10 @@ def render_table(res: dict) -> str:
     mem = res["memory"]
     lines.append("| count_by_comm | " + " | ".join(f"{mem[t] / 1024:.1f}" for t in TOOLS) +
                  f" | {_ratio(mem['hookql'], mem['bpftrace'])} |")
+    if res.get("catalog_growth"):
+        import catalog_growth
+
+        lines += [""] + catalog_growth.render(res["catalog_growth"])
     return "\n".join(lines)
 
 

@@ -74,7 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--every", type=_duration, metavar="TIME", help="also print the aggregations every TIME")
     p.add_argument("--format", choices=("text", "json"), default="text")
     p.add_argument("--enforce", action="store_true", help="let `deny` block; without it, deny only counts")
-    p.add_argument("--map-size", type=int, metavar="N", help="entries per keyed aggregation (default 10240)")
+    p.add_argument("--map-size", type=int, metavar="N", help="entries per keyed aggregation (default 4096, as bpftrace)")
     p.add_argument("--ringbuf-size", type=int, metavar="BYTES",
                    help="ring buffer for emit, a power of 2 (default 8 MiB); drops are counted and reported")
     p.add_argument("-v", "--verbose", action="store_true", help="say how each probe attached; show libbpf's log")
