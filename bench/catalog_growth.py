@@ -36,8 +36,11 @@ def catalog_hooks() -> list[tuple[str, str]]:
 
 
 def scripts(hooks: list[tuple[str, str]]) -> dict[str, str]:
+    # bpftrace 0.17 has no lsm: probes; kfunc:bpf_lsm_HOOK is the same attach point (the BPF LSM's
+    # trampoline on the hook's stub), observed the same way
+    bt = lambda p, h: f"kfunc:bpf_lsm_{h}" if p == "lsm" else f"{p}:{h}"
     return {"hookql": "\n".join(f"on {p}:{h} {{ count by comm }}" for p, h in hooks),
-            "bpftrace": "\n".join(f"{p}:{h} {{ @[comm] = count(); }}" for p, h in hooks)}
+            "bpftrace": "\n".join(f"{bt(p, h)} {{ @[comm] = count(); }}" for p, h in hooks)}
 
 
 # -- on the host -------------------------------------------------------------------------------

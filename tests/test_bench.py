@@ -31,3 +31,20 @@ def test_benchmark_runs_end_to_end(tmp_path):
         assert res["memory"][tool] > 0
     assert (tmp_path / "results.png").stat().st_size > 1000
     assert "| count_by_comm |" in r.stdout and "HookQL/C" in r.stdout
+
+
+def test_catalog_growth_scripts_check_on_6_1():
+    """bench/catalog_growth.py's scripts (1, 20, all catalog hooks) are valid for 6.1; the VM run
+    itself takes minutes of emulation and is left to `bench/run.py --catalog`."""
+    sys.path.insert(0, str(REPO / "bench"))
+    import catalog_growth
+    from hookql import kernel as K
+    from hookql.pipeline import check_source
+    from hookql.source import Source
+
+    hooks = catalog_growth.catalog_hooks()
+    assert hooks[-1] == catalog_growth.LAST and len(hooks) == len(set(hooks)) > 20
+    s = catalog_growth.scripts(hooks)
+    result = check_source(Source("<-e>", s["hookql"]), K.reference("6.1"))
+    assert result.ok, [d.render() for d in result.diagnostics]
+    assert s["bpftrace"].count("{") == len(hooks) and "kfunc:bpf_lsm_socket_getsockopt" in s["bpftrace"]
