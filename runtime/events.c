@@ -172,7 +172,7 @@ static void put_u_escape(struct hq_out *o, uint32_t unit)
 	put(o, b, 6);
 }
 
-/* JSON as Python's json.dumps writes it (ensure_ascii). */
+/* JSON as Python's json.dumps writes it (ensure_ascii: everything outside ' '..'~' is escaped, DEL too). */
 static void put_json_char(struct hq_out *o, uint32_t cp)
 {
 	switch (cp) {
@@ -184,7 +184,7 @@ static void put_json_char(struct hq_out *o, uint32_t cp)
 	case '\b': puts_(o, "\\b"); return;
 	case '\f': puts_(o, "\\f"); return;
 	}
-	if (cp < 0x20 || (cp >= 0x80 && cp < 0x10000)) {
+	if (cp < 0x20 || (cp >= 0x7F && cp < 0x10000)) {
 		put_u_escape(o, cp);
 	} else if (cp >= 0x10000) {
 		cp -= 0x10000;
