@@ -69,8 +69,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__free": (None, [c_void_p]),
 }
 
-# ring_buffer_sample_fn: int (*)(void *ctx, void *data, size_t size)
-SAMPLE_FN = ctypes.CFUNCTYPE(ctypes.c_int, c_void_p, c_void_p, ctypes.c_size_t)
+# ring_buffer__new's sample_fn is runtime/events.c's hq_ev_sample, passed as a plain pointer
 
 # libbpf_print_fn_t: int (*)(enum libbpf_print_level, const char *fmt, va_list)
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, c_char_p, c_void_p)
