@@ -191,13 +191,26 @@ def test_command_that_cannot_start():
 
 
 def test_ring_buffer_drops_are_counted_and_reported():
+    # A stalled reader, made certain with SIGSTOP: the C printer is fast enough to keep up with a
+    # tight loop on some machines, so a race between them would not always drop.
     c = comm()
     n = 20000
-    r = hookql("run", "--ringbuf-size", "4096", "-e", f'on {TP} where comm == "{c}" {{ emit comm, optname }}',
-               "-c", wl(c, n))
-    assert r.returncode == 0, r.stderr
-    delivered = sum(1 for l in r.stdout.splitlines() if l.startswith(f"comm={c} "))
-    lost = next(int(l.split()[2]) for l in r.stderr.splitlines() if "emitted events lost" in l)
+    p = subprocess.Popen(hookql_cmd() + ["run", "--ringbuf-size", "4096", "-e",
+                                         f'on {TP} where comm == "{c}" {{ emit comm, optname }}'],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert "Attached 1 probe" in p.stderr.readline()
+        p.send_signal(signal.SIGSTOP)
+        subprocess.run(wl(c, n).split(), check=True)
+        p.send_signal(signal.SIGCONT)
+        time.sleep(0.5)
+        p.send_signal(signal.SIGINT)
+        out, err = p.communicate(timeout=30)
+    finally:
+        p.kill()
+    assert p.returncode == 0, err
+    delivered = sum(1 for l in out.splitlines() if l.startswith(f"comm={c} "))
+    lost = next(int(l.split()[2]) for l in err.splitlines() if "emitted events lost" in l)
     assert lost > 0 and delivered + lost == n  # every event is either printed or counted as lost
 
 
