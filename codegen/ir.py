@@ -191,6 +191,15 @@ class Aggregation:
         return bool(self.keys)
 
     @property
+    def per_cpu(self) -> bool:
+        """Keyed counters live in one shared hash updated with atomic adds, as
+        libbpf-tools do: a per-CPU hash preallocates every entry's value on every
+        CPU one allocation at a time (1.5-5 ms per 4096-entry map, the bulk of a
+        20-probe start) for no gain on the hot path. min/max keep per-CPU values:
+        a compare-then-store is not atomic. Unkeyed ones are one per-CPU slot."""
+        return not self.keyed or self.func in ("min", "max")
+
+    @property
     def buckets(self) -> int:
         if self.func == "hist":
             return HIST_BUCKETS
@@ -206,7 +215,7 @@ class Aggregation:
     def layout(self) -> dict:
         return {"map": self.map_name, "probe": self.probe, "func": self.func, "text": self.text,
                 "line": self.line, "by": [k.layout() for k in self.keys], "key_size": self.key_size,
-                "value_size": self.value_size, "value_signed": self.value_signed,
+                "value_size": self.value_size, "value_signed": self.value_signed, "per_cpu": self.per_cpu,
                 "value_display": self.value_display, "lhist": self.lhist, "buckets": self.buckets,
                 "drop_stat": self.drop_stat}
 

@@ -89,20 +89,22 @@ class MapReader:
         self.l = libbpf.lib()
         self.ncpus = libbpf.check_int(self.l.libbpf_num_possible_cpus(), "libbpf_num_possible_cpus")
 
-    def per_cpu(self, fd: int, key: ctypes.Array, value_size: int) -> list[bytes] | None:
+    def values(self, fd: int, key, value_size: int, per_cpu: bool = True) -> list[bytes] | None:
+        """A key's value: one per CPU from a per-CPU map (each 8-byte aligned), else one."""
         stride = (value_size + 7) // 8 * 8
-        buf = ctypes.create_string_buffer(stride * self.ncpus)
+        n = self.ncpus if per_cpu else 1
+        buf = ctypes.create_string_buffer(stride * n)
         if self.l.bpf_map_lookup_elem(fd, key, buf) < 0:
             return None  # deleted since get_next_key
         raw = buf.raw
-        return [raw[i * stride: i * stride + value_size] for i in range(self.ncpus)]
+        return [raw[i * stride: i * stride + value_size] for i in range(n)]
 
     def rows(self, fd: int, agg: dict) -> list[Row]:
-        func, vsize = agg["func"], agg["value_size"]
+        func, vsize, per_cpu = agg["func"], agg["value_size"], agg["per_cpu"]
         out = []
         if not agg["by"]:
             key = ctypes.c_uint32(0)
-            vals = self.per_cpu(fd, ctypes.byref(key), vsize)
+            vals = self.values(fd, ctypes.byref(key), vsize)
             if vals is not None:
                 out.append(Row({}, combine(func, vals, agg["value_signed"])))
             return out
@@ -113,7 +115,7 @@ class MapReader:
         while self.l.bpf_map_get_next_key(fd, prev, nxt) == 0:
             ctypes.memmove(cur, nxt, ksize)
             prev = cur
-            vals = self.per_cpu(fd, cur, vsize)
+            vals = self.values(fd, cur, vsize, per_cpu)
             if vals is not None:
                 out.append(Row(decode_key(cur.raw, agg["by"]), combine(func, vals, agg["value_signed"])))
         return out
@@ -122,6 +124,6 @@ class MapReader:
         out = {}
         for i, name in enumerate(names):
             key = ctypes.c_uint32(i)
-            vals = self.per_cpu(fd, ctypes.byref(key), 8)
+            vals = self.values(fd, ctypes.byref(key), 8)
             out[name] = sum(int.from_bytes(v, "little") for v in vals) if vals else 0
         return out
