@@ -1,19 +1,22 @@
 """`hookql` command line: check, hooks (run, compile and repl come with their stages)."""
 from __future__ import annotations
 
-import argparse
 import os
-import re
 import sys
 
-from hookql import __version__
-from hookql.source import Source
+from hookql import __version__, runargs
 
-# Everything else (the front end, lark, jinja, BTF, diagnostics) is imported
-# where used, so a warm `hookql run` never loads it (see hookql/runcache.py).
+# Everything else (argparse, the front end, lark, jinja, BTF, diagnostics) is
+# imported where used, so a warm `hookql run` never loads it (see hookql/runcache.py).
 
 
 def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["run"]:
+        fast = runargs.parse(args[1:])  # the common spellings, without argparse
+        if fast is not None:
+            fast.func = cmd_run
+            return _dispatch(fast)
     ap = _parser()
     args = ap.parse_args(argv)
     if not getattr(args, "func", None):
@@ -22,6 +25,10 @@ def main(argv: list[str] | None = None) -> int:
         else:
             ap.print_help()
             return 2
+    return _dispatch(args)
+
+
+def _dispatch(args) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
@@ -42,7 +49,9 @@ def main(argv: list[str] | None = None) -> int:
         return 70
 
 
-def _parser() -> argparse.ArgumentParser:
+def _parser():
+    import argparse
+
     ap = argparse.ArgumentParser(prog="hookql", description="HookQL: a small declarative language for Linux eBPF.")
     ap.add_argument("--version", action="version", version=f"hookql {__version__}")
     sub = ap.add_subparsers(metavar="COMMAND")
@@ -66,18 +75,7 @@ def _parser() -> argparse.ArgumentParser:
     p = sub.add_parser("run", help="compile, load and attach a script; print its aggregations",
                        description="Attach a script's probes and print its aggregations when it stops: on "
                                    "Ctrl-C, SIGTERM, --duration, or when the -c command or -p process exits.")
-    p.add_argument("file", nargs="?", metavar="FILE")
-    p.add_argument("-e", dest="expr", metavar="SCRIPT", help="run this script text instead of a file")
-    p.add_argument("-d", "--duration", type=_duration, metavar="TIME", help="stop after TIME (10s, 500ms, 2m)")
-    p.add_argument("-c", dest="command", metavar="CMD", help="run CMD once attached; stop when it exits")
-    p.add_argument("-p", dest="pid", type=int, metavar="PID", help="only events of process PID; stop when it exits")
-    p.add_argument("--every", type=_duration, metavar="TIME", help="also print the aggregations every TIME")
-    p.add_argument("--format", choices=("text", "json"), default="text")
-    p.add_argument("--enforce", action="store_true", help="let `deny` block; without it, deny only counts")
-    p.add_argument("--map-size", type=int, metavar="N", help="entries per keyed aggregation (default 4096, as bpftrace)")
-    p.add_argument("--ringbuf-size", type=int, metavar="BYTES",
-                   help="ring buffer for emit, a power of 2 (default 8 MiB); drops are counted and reported")
-    p.add_argument("-v", "--verbose", action="store_true", help="say how each probe attached; show libbpf's log")
+    runargs.add_to(p)
     p.set_defaults(func=cmd_run)
 
     p = sub.add_parser("compile", help="compile a script to a BPF object (no root needed)")
@@ -116,14 +114,6 @@ def _parser() -> argparse.ArgumentParser:
     return ap
 
 
-def _duration(text: str) -> float:
-    m = re.fullmatch(r"(\d+(?:\.\d+)?)(ns|us|ms|s|m|h)?", text.strip())
-    if not m:
-        raise argparse.ArgumentTypeError(f"'{text}' is not a duration (e.g. 10s, 500ms, 2m)")
-    scale = {"ns": 1e-9, "us": 1e-6, "ms": 1e-3, "s": 1, "m": 60, "h": 3600}[m[2] or "s"]
-    return float(m[1]) * scale
-
-
 def _diagnostic(*args):
     from hookql.diagnostics import Diagnostic
 
@@ -132,17 +122,24 @@ def _diagnostic(*args):
 
 def _read_sources(files: list[str], expr: str | None) -> list[Source] | None:
     """Scripts named on the command line; None after saying why one can't be read."""
-    sources = [Source("<-e>", expr)] if expr is not None else []
-    for f in files:
-        if f == "-":
-            sources.append(Source("<stdin>", sys.stdin.read()))
-            continue
-        try:
-            sources.append(Source.from_path(f))
-        except (OSError, UnicodeDecodeError) as exc:
-            print(f"{f}: error: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
-            return None
-    return sources
+    from hookql.source import Source
+
+    texts = [_read_text(f) for f in files]
+    if any(t is None for t in texts):
+        return None
+    return [Source(name, text) for name, text in ([("<-e>", expr)] if expr is not None else []) + texts]
+
+
+def _read_text(f: str) -> tuple[str, str] | None:
+    """(the name errors print, the text) of a FILE argument; None after saying why it can't be read."""
+    if f == "-":
+        return "<stdin>", sys.stdin.read()
+    try:
+        with open(f, encoding="utf-8") as fh:
+            return f, fh.read()
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"{f}: error: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        return None
 
 
 def _checked_or_report(src: Source, kern: K.Kernel):
@@ -161,15 +158,13 @@ def _checked_or_report(src: Source, kern: K.Kernel):
     return result.checked, [d.render() for d in diags]
 
 
-def _single_source(args, cmd: str):
-    """The one script `run`/`compile` take; or the exit code after saying why not."""
-    sources = _read_sources([args.file] if args.file else [], args.expr)
-    if sources is None:
-        return 1
-    if len(sources) != 1:
+def _single_script(args, cmd: str) -> tuple[str, str] | int:
+    """(name, text) of the one script `run`/`compile` take; or the exit code after saying why not."""
+    if (args.file is None) == (args.expr is None):
         print(f"hookql {cmd}: give one FILE or -e SCRIPT", file=sys.stderr)
         return 2
-    return sources[0]
+    got = ("<-e>", args.expr) if args.expr is not None else _read_text(args.file)
+    return 1 if got is None else got
 
 
 def _build(checked, mode: str, out=None):
@@ -196,9 +191,12 @@ def cmd_compile(args) -> int:
 
     from hookql import kernel as K
 
-    src = _single_source(args, "compile")
-    if isinstance(src, int):
-        return src
+    from hookql.source import Source
+
+    script = _single_script(args, "compile")
+    if isinstance(script, int):
+        return script
+    src = Source(*script)
     checked, _ = _checked_or_report(src, K.select(args.kernel, args.btf))
     if checked is None:
         return 1
@@ -225,11 +223,11 @@ def cmd_run(args) -> int:
     from hookql.runtime.loader import LoadError
     from hookql.runtime.session import RunOptions, Session
 
-    src = _single_source(args, "run")
-    if isinstance(src, int):
-        return src
+    script = _single_script(args, "run")
+    if isinstance(script, int):
+        return script
     mode = features.func_mode()
-    key = runcache.key(src.name, src.text, mode)
+    key = runcache.key(*script, mode)
     hit = runcache.load(key)
     if hit:  # run before on this kernel: no parse, check, render or clang
         for d in hit["diagnostics"]:
@@ -237,8 +235,9 @@ def cmd_run(args) -> int:
         object_path, layout, how = hit["object"], hit["layout"], "cached run"
     else:
         from hookql import kernel as K
+        from hookql.source import Source
 
-        checked, diagnostics = _checked_or_report(src, K.running())
+        checked, diagnostics = _checked_or_report(Source(*script), K.running())
         if checked is None:
             return 1
         compiled = _build(checked, mode)

@@ -1,0 +1,119 @@
+"""The options of `hookql run`, in one table read two ways.
+
+argparse builds the full command line from it (help, usage, errors).  A warm
+start never imports argparse: it and `re`, which it pulls in, cost about a
+quarter of a cached run's time to attach.  `parse` below reads the common
+spellings straight from the same table and gives up (None) on anything else
+-- help, a typo, an abbreviated long option, a bad value -- so argparse then
+parses the same argv and says what is wrong.
+"""
+from __future__ import annotations
+
+UNITS = (("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
+
+
+def duration(text: str) -> float:
+    """10s, 500ms, 2m, 1.5h; plain numbers are seconds."""
+    t = text.strip()
+    scale = 1.0
+    for unit, s in sorted(UNITS, key=lambda u: -len(u[0])):  # "ms" before "m" and "s"
+        if t.endswith(unit):
+            t, scale = t[: -len(unit)], s
+            break
+    whole, dot, frac = t.partition(".")
+    if not (whole.isdigit() and whole.isascii() and (not dot or (frac.isdigit() and frac.isascii()))):
+        raise ValueError(f"'{text}' is not a duration (e.g. 10s, 500ms, 2m)")
+    return float(t) * scale
+
+
+# (flags, dest, how: "value" | "flag", convert, choices, metavar, help)
+OPTIONS = (
+    (("-e",), "expr", "value", str, None, "SCRIPT", "run this script text instead of a file"),
+    (("-d", "--duration"), "duration", "value", duration, None, "TIME", "stop after TIME (10s, 500ms, 2m)"),
+    (("-c",), "command", "value", str, None, "CMD", "run CMD once attached; stop when it exits"),
+    (("-p",), "pid", "value", int, None, "PID", "only events of process PID; stop when it exits"),
+    (("--every",), "every", "value", duration, None, "TIME", "also print the aggregations every TIME"),
+    (("--format",), "format", "value", str, ("text", "json"), None, None),
+    (("--enforce",), "enforce", "flag", None, None, None, "let `deny` block; without it, deny only counts"),
+    (("--map-size",), "map_size", "value", int, None, "N",
+     "entries per keyed aggregation (default 4096, as bpftrace)"),
+    (("--ringbuf-size",), "ringbuf_size", "value", int, None, "BYTES",
+     "ring buffer for emit, a power of 2 (default 8 MiB); drops are counted and reported"),
+    (("-v", "--verbose"), "verbose", "flag", None, None, None, "say how each probe attached; show libbpf's log"),
+)
+DEFAULTS = {"file": None, "format": "text", **{o[1]: None for o in OPTIONS if o[2] == "value" and o[1] != "format"},
+            **{o[1]: False for o in OPTIONS if o[2] == "flag"}}
+
+
+def add_to(p) -> None:
+    """Declare the options on an argparse (sub)parser."""
+    import argparse
+
+    def typed(convert):
+        def conv(text):
+            try:
+                return convert(text)
+            except ValueError as exc:  # argparse shows this message rather than "invalid value"
+                raise argparse.ArgumentTypeError(str(exc)) from None
+        conv.__name__ = convert.__name__
+        return conv
+
+    p.add_argument("file", nargs="?", metavar="FILE")
+    for flags, dest, how, convert, choices, metavar, help in OPTIONS:
+        if how == "flag":
+            p.add_argument(*flags, dest=dest, action="store_true", help=help)
+        else:
+            p.add_argument(*flags, dest=dest, type=typed(convert) if convert is duration else convert,
+                           choices=choices, metavar=metavar, help=help, default=DEFAULTS[dest])
+
+
+class Args:
+    """What argparse's Namespace would hold for the same argv."""
+
+    def __init__(self, values: dict):
+        self.__dict__.update(values)
+
+    def __eq__(self, other) -> bool:
+        return vars(self) == vars(other)
+
+
+_BY_FLAG = {f: o for o in OPTIONS for f in o[0]}
+
+
+def parse(argv: list[str]) -> Args | None:
+    """argv after `run`, read as argparse would; None when argparse must take over."""
+    values = dict(DEFAULTS)
+    i = 0
+    while i < len(argv):
+        a = argv[i]
+        i += 1
+        if a.startswith("-") and a != "-":
+            flag, eq, inline = a.partition("=") if a.startswith("--") else (a[:2], "", a[2:])
+            opt = _BY_FLAG.get(flag)
+            if opt is None or a == "--" or inline.startswith("="):  # argparse reads `-d=1s` as `-d 1s`
+                return None
+            _, dest, how, convert, choices, _, _ = opt
+            if how == "flag":
+                if eq or inline:
+                    return None  # `-vv`, `--enforce=1`: argparse's business
+                values[dest] = True
+                continue
+            if eq or inline:
+                text = inline
+            elif i < len(argv) and not (argv[i].startswith("-") and argv[i] != "-"):
+                text = argv[i]
+                i += 1
+            else:
+                return None  # a missing value
+            try:
+                value = convert(text)
+            except ValueError:
+                return None
+            if choices and value not in choices:
+                return None
+            values[dest] = value
+        elif values["file"] is None:
+            values["file"] = a
+        else:
+            return None  # a second positional
+    return Args(values)
