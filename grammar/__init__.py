@@ -1,4 +1,5 @@
 """HookQL's Lark grammar (hookql.lark), shipped as package data."""
-from pathlib import Path
+import os
 
-GRAMMAR_PATH = Path(__file__).with_name("hookql.lark")
+# a str, not a Path: `hookql run` imports this package to stamp its cache, and pathlib pulls in `re`
+GRAMMAR_PATH = os.path.join(os.path.dirname(__file__), "hookql.lark")

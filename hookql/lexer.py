@@ -35,7 +35,7 @@ _SET_BEFORE = _CONTINUES - {"_NL", "SEMICOLON", "LBRACE", "LANGLE"} | {"DENY"}
 def lark_parser() -> Lark:
     """The one Lark instance: its basic lexer tokenizes, its LALR tables parse."""
     return Lark(
-        GRAMMAR_PATH.read_text(),
+        open(GRAMMAR_PATH, encoding="utf-8").read(),
         parser="lalr",
         lexer="basic",
         start=["start", "item"],

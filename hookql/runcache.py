@@ -1,38 +1,50 @@
 """The warm path of `hookql run`: a script run before on this kernel skips
 parsing, checking, rendering and clang, and imports none of them.
 
-Keyed by the script's text and name, the running kernel's identity (release,
-build and BTF size), the attach mode, HookQL's version and the newest change
-to its own files (an edited checkout or template must not replay an old
-object); it stores the object's path, its layout and the diagnostics
-(warnings) to print again.
+An entry is keyed by the script's text and name, the running kernel's
+identity (release, build and BTF size), the attach mode, HookQL's version and
+the newest change to its own files (an edited checkout or template must not
+replay an old object), and the Python that wrote it; it stores the object's
+path, its layout and the diagnostics (warnings) to print again.
+
+Cheap on purpose, since it runs before anything attaches: the file name is a
+checksum of that identity and the entry holds the identity itself, compared
+in full on load (so a checksum collision is a miss, never the wrong program);
+entries are marshal, which needs no import, rather than json (which pulls in re).
 """
 from __future__ import annotations
 
-import hashlib
-import json
+import marshal
 import os
-import re
+import sys
+import zlib
 
 import hookql
 from hookql import __version__
-from hookql.paths import cache_dir
-
-
-_USES = re.compile(r"^\s*(use|include)\b", re.MULTILINE)
+from hookql.paths import cache_path
 
 
 def key(source_name: str, text: str, mode: str) -> str | None:
     """None when the script cannot be cached by its text alone (it `use`s or `include`s other files)."""
-    if _USES.search(text):
+    if _uses_files(text):
         return None
     u = os.uname()
     try:
         btf_size = os.stat("/sys/kernel/btf/vmlinux").st_size
     except OSError:
         btf_size = 0
-    ident = "\0".join([__version__, _code_stamp(), mode, u.release, u.version, str(btf_size), source_name, text])
-    return hashlib.sha256(ident.encode()).hexdigest()[:24]
+    return "\0".join([__version__, sys.version, _code_stamp(), mode, u.release, u.version, str(btf_size),
+                      source_name, text])
+
+
+def _uses_files(text: str) -> bool:
+    """A line starting with the word `use` or `include`."""
+    for line in text.splitlines():
+        word = line.lstrip()
+        for kw in ("use", "include"):
+            if word.startswith(kw) and not word[len(kw):len(kw) + 1].isidentifier():
+                return True
+    return False
 
 
 def _code_stamp() -> str:
@@ -49,16 +61,20 @@ def _code_stamp() -> str:
     return str(newest)
 
 
-def _path(k: str):
-    return cache_dir() / "run" / f"{k}.json"
+def _path(k: str) -> str:
+    b = k.encode()
+    return cache_path("run", f"{zlib.crc32(b):08x}{zlib.adler32(b):08x}.marshal")
 
 
 def load(k: str | None) -> dict | None:
     if k is None:
         return None
     try:
-        entry = json.loads(_path(k).read_text())
-    except (OSError, ValueError):
+        with open(_path(k), "rb") as f:
+            entry = marshal.load(f)
+    except (OSError, EOFError, ValueError, TypeError):
+        return None
+    if not isinstance(entry, dict) or entry.get("key") != k:
         return None
     return entry if os.path.exists(entry.get("object", "")) else None
 
@@ -68,9 +84,10 @@ def store(k: str | None, object_path, layout: dict, diagnostics: list[str]) -> N
         return
     p = _path(k)
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_suffix(f".{os.getpid()}.tmp")
-        tmp.write_text(json.dumps({"object": str(object_path), "layout": layout, "diagnostics": diagnostics}))
-        tmp.replace(p)
-    except OSError:
-        pass  # without a writable cache every run takes the cold path
+        os.makedirs(os.path.dirname(p), exist_ok=True)
+        tmp = f"{p}.{os.getpid()}.tmp"
+        with open(tmp, "wb") as f:
+            marshal.dump({"key": k, "object": str(object_path), "layout": layout, "diagnostics": diagnostics}, f)
+        os.replace(tmp, p)
+    except (OSError, ValueError):
+        pass  # without a writable cache (or with a layout marshal can't hold) every run takes the cold path

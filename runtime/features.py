@@ -1,12 +1,13 @@
-"""What the running kernel can attach, found by looking, not assumed."""
+"""What the running kernel can attach, found by looking, not assumed.
+
+os.path rather than pathlib: `hookql run` asks these before it attaches, and
+pathlib's import (it pulls in `re`) would be a tenth of a warm start."""
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
-SECURITYFS = Path("/sys/kernel/security")
-TRACEFS = Path("/sys/kernel/tracing")
-BPFFS = Path("/sys/fs/bpf")
+SECURITYFS = "/sys/kernel/security"
+TRACEFS = "/sys/kernel/tracing"
 
 
 CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
@@ -14,7 +15,9 @@ CAP_SYS_ADMIN, CAP_PERFMON, CAP_BPF = 21, 38, 39
 
 def effective_caps() -> int:
     try:
-        for line in Path("/proc/self/status").read_text().splitlines():
+        with open("/proc/self/status") as f:
+            lines = f.read().splitlines()
+        for line in lines:
             if line.startswith("CapEff:"):
                 return int(line.split()[1], 16)
     except OSError:
@@ -31,7 +34,7 @@ def can_load_bpf() -> bool:
 
 def has_kprobes() -> bool:
     """kprobes through perf (the kprobe PMU) or tracefs' kprobe_events."""
-    return Path("/sys/bus/event_source/devices/kprobe/type").exists() or (TRACEFS / "kprobe_events").exists()
+    return os.path.exists("/sys/bus/event_source/devices/kprobe/type") or os.path.exists(f"{TRACEFS}/kprobe_events")
 
 
 def func_mode() -> str:
@@ -44,7 +47,8 @@ def active_lsms() -> list[str] | None:
     """The kernel's LSM order, or None when securityfs cannot be read."""
     ensure_mounted(SECURITYFS, "securityfs")
     try:
-        return (SECURITYFS / "lsm").read_text().strip().split(",")
+        with open(f"{SECURITYFS}/lsm") as f:
+            return f.read().strip().split(",")
     except OSError:
         return None
 
@@ -59,15 +63,15 @@ def bpf_lsm_hint() -> str | None:
             f"boot with lsm={fixed} on the kernel command line")
 
 
-def ensure_mounted(path: Path, fstype: str) -> None:
+def ensure_mounted(path: str, fstype: str) -> None:
     """Mount a kernel pseudo-filesystem if it is missing and we may (root)."""
-    if os.geteuid() != 0 or not path.is_dir() or any(path.iterdir()):
+    if os.geteuid() != 0 or not os.path.isdir(path) or os.listdir(path):
         return
     import subprocess
 
-    subprocess.run(["mount", "-t", fstype, fstype, str(path)], capture_output=True, check=False)
+    subprocess.run(["mount", "-t", fstype, fstype, path], capture_output=True, check=False)
 
 
 def ensure_tracefs() -> None:
-    if not (TRACEFS / "events").exists():
+    if not os.path.exists(f"{TRACEFS}/events"):
         ensure_mounted(TRACEFS, "tracefs")

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import ctypes
 import os
-from collections import deque
-from functools import cache
+
+# No collections or functools: this module is on the way to a warm attach, where each import shows.
 
 c_void_p = ctypes.c_void_p
 c_char_p = ctypes.c_char_p
@@ -75,14 +75,24 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
 _PRINT_FN = ctypes.CFUNCTYPE(ctypes.c_int, ctypes.c_int, c_char_p, c_void_p)
 LEVELS = {0: "warning", 1: "info", 2: "debug"}
 # libbpf's messages are kept, not printed: callers show them with their own error.
-messages: deque[tuple[str, str]] = deque(maxlen=200)
+messages: list[tuple[str, str]] = []  # the last MAX_MESSAGES
+MAX_MESSAGES = 200
 # Debug lines (hundreds per load) are formatted only for -v: each costs a callback into Python.
 keep_debug = False
 
 
-@cache
+_handle: ctypes.CDLL | None = None
+
+
 def lib() -> ctypes.CDLL:
     """Load libbpf once, with every used function's prototype declared."""
+    global _handle
+    if _handle is None:
+        _handle = _load()
+    return _handle
+
+
+def _load() -> ctypes.CDLL:
     try:
         handle = ctypes.CDLL("libbpf.so.1", use_errno=True)
     except OSError:
@@ -117,6 +127,8 @@ def _print_cb(level: int, fmt: bytes, args: int) -> int:
     buf = ctypes.create_string_buffer(4096)
     n = _libc.vsnprintf(buf, len(buf), fmt, args)
     messages.append((LEVELS.get(level, str(level)), buf.value.decode(errors="replace").rstrip()))
+    if len(messages) > MAX_MESSAGES:
+        del messages[:-MAX_MESSAGES]
     return max(n, 0)
 
 

@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import re
-from dataclasses import dataclass
 
 from hookql.runtime import features, libbpf
 from hookql.runtime.libbpf import LibbpfError
@@ -24,11 +22,11 @@ class LoadError(Exception):
         self.log = log
 
 
-@dataclass
 class Attached:
-    probe: str
-    attach: str
-    link: int
+    __slots__ = ("probe", "attach", "link")  # not a dataclass: its import is a tenth of a warm start
+
+    def __init__(self, probe: str, attach: str, link: int):
+        self.probe, self.attach, self.link = probe, attach, link
 
 
 class BpfObject:
@@ -115,6 +113,8 @@ def _log() -> str:
 
 
 def _failed_probe(layout: dict) -> dict | None:
+    import re
+
     for _, m in reversed(libbpf.messages):
         hit = re.search(r"prog '(hq_probe\d+)'", m)
         if hit:

@@ -7,31 +7,26 @@ links and fds whatever ends the run.
 """
 from __future__ import annotations
 
+import _signal  # what `signal` wraps: that module's import (enum) is a tenth of a warm start
 import os
-import signal
 import sys
 import time
-from dataclasses import dataclass
 
 from hookql.runtime import features, libbpf
-from hookql.runtime.decode import MapReader
 from hookql.runtime.loader import BpfObject, LoadError
-from hookql.runtime.output import JsonPrinter, TextPrinter
+
+# Reading and printing maps (decode, output) is imported once the probes are
+# attached: nothing on the way there pays for it.
 
 POLL_MS = 100
 
 
-@dataclass
 class RunOptions:
-    duration: float | None = None
-    every: float | None = None
-    command: str | None = None
-    pid: int | None = None
-    format: str = "text"
-    enforce: bool = False
-    verbose: bool = False
-    map_entries: int | None = None
-    ringbuf_size: int | None = None
+    def __init__(self, duration: float | None = None, every: float | None = None, command: str | None = None,
+                 pid: int | None = None, format: str = "text", enforce: bool = False, verbose: bool = False,
+                 map_entries: int | None = None, ringbuf_size: int | None = None):
+        self.duration, self.every, self.command, self.pid, self.format = duration, every, command, pid, format
+        self.enforce, self.verbose, self.map_entries, self.ringbuf_size = enforce, verbose, map_entries, ringbuf_size
 
 
 class Session:
@@ -41,9 +36,8 @@ class Session:
         self.opts = opts
         self.out = out or sys.stdout
         self.err = err or sys.stderr
-        source = os.path.basename(layout["source"])
-        self.printer = (JsonPrinter if opts.format == "json" else TextPrinter)(self.out, source)
-        self.stop_reason: str | None = None
+        self._printer = None
+        self.stopped_by: int | None = None  # the signal that ended the run
         self.events = None  # runtime/events.py, once loaded
         # a live view (the REPL) redraws its tables in place, unless events stream between them
         self.redraw = redraw and not layout["emits"] and opts.format == "text"
@@ -52,7 +46,7 @@ class Session:
     def run(self) -> int:
         if any(p["attach"] == "tp" for p in self.layout["probes"]):
             features.ensure_tracefs()
-        old = {s: signal.signal(s, self._on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+        old = {s: _signal.signal(s, self._on_signal) for s in (_signal.SIGINT, _signal.SIGTERM)}
         child = None
         try:
             libbpf.keep_debug = self.opts.verbose
@@ -70,14 +64,14 @@ class Session:
                 self._final(obj)
         finally:
             for s, h in old.items():
-                signal.signal(s, h)
+                _signal.signal(s, h)
             if child is not None and child.poll() is None:
                 child.terminate()
                 child.wait()
         return 0
 
     def _on_signal(self, signum, frame) -> None:
-        self.stop_reason = signal.Signals(signum).name
+        self.stopped_by = signum
 
     def _start_child(self):
         if not self.opts.command:
@@ -102,7 +96,7 @@ class Session:
         try:
             start = time.monotonic()
             next_print = start + self.opts.every if self.opts.every else None
-            while self.stop_reason is None:
+            while self.stopped_by is None:
                 now = time.monotonic()
                 if self.opts.duration is not None and now - start >= self.opts.duration:
                     break
@@ -127,7 +121,18 @@ class Session:
                 self.events.close()
 
     # -- printing --
+    @property
+    def printer(self):
+        if self._printer is None:
+            from hookql.runtime.output import JsonPrinter, TextPrinter
+
+            source = os.path.basename(self.layout["source"])
+            self._printer = (JsonPrinter if self.opts.format == "json" else TextPrinter)(self.out, source)
+        return self._printer
+
     def print_all(self, obj: BpfObject) -> dict[str, int]:
+        from hookql.runtime.decode import MapReader
+
         if self.events:
             self.events.flush()  # events before tables, as they happened
         if self.redraw:
