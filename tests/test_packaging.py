@@ -9,11 +9,11 @@ import pytest
 from conftest import REPO
 
 PROBE = """
-import importlib.util, json, hookql, hookql.codegen, hookql.runtime, hookql.grammar
+import importlib.util, json, os, hookql, hookql.codegen, hookql.runtime, hookql.grammar
 from importlib import resources
 print(json.dumps({
     "stray": [m for m in ("codegen", "runtime", "grammar", "tools", "tests") if importlib.util.find_spec(m)],
-    "grammar": hookql.grammar.GRAMMAR_PATH.is_file(),
+    "grammar": os.path.isfile(hookql.grammar.GRAMMAR_PATH),
     "catalog": (resources.files("hookql") / "data" / "catalog.json").is_file(),
     "btf": sorted(p.name for p in (resources.files("hookql") / "data" / "btf").iterdir()),
     "codegen": hookql.codegen.__file__,
@@ -33,7 +33,10 @@ def _install(tmp_path, editable: bool):
     out = subprocess.run([str(py), "-c", PROBE], check=True, cwd=tmp_path, capture_output=True, text=True)
     import json
     site = next((env_dir / "lib").glob("python*/site-packages"))
-    return json.loads(out.stdout), sorted(p.name for p in site.iterdir())
+    version = subprocess.run([str(env_dir / "bin" / "hookql"), "--version"], capture_output=True, text=True)
+    info = json.loads(out.stdout)
+    info["command"] = version.stdout.strip()
+    return info, sorted(p.name for p in site.iterdir())
 
 
 @pytest.mark.parametrize("editable", [False, True], ids=["install", "editable"])
@@ -42,6 +45,7 @@ def test_one_namespace(tmp_path, editable):
     assert info["stray"] == []
     assert info["grammar"] and info["catalog"] and info["btf"] == ["6.1.btf.xz", "6.18.btf.xz"]
     assert info["event_printer"]  # runtime/events.c is built on first use
+    assert info["command"].startswith("hookql ")  # bin/hookql, installed with its shebang on the venv's Python
     for top in ("codegen", "runtime", "grammar", "tools", "tests", "examples"):
         assert top not in site
     if editable:
