@@ -7,11 +7,16 @@ Measures, for the same work in each tool (medians of --rounds):
   cost      in-kernel ns/event from the kernel's bpf_stats (run_time_ns / run_cnt)
             while bench/workload makes N getsockopt calls; xlated/jited sizes
   growth    the same for `count by level` with 1, 1k and 100k distinct keys
-  startup   invocation -> probes live, cold and warm cache, 1 and 20 probes; beside it
-            `python3 -c pass`, the floor for any Python tool on the machine
+  startup   invocation -> every probe attached (the tool's process holds a perf event with
+            its program set), cold and warm cache, 1 and 20 probes; beside it `python -c pass`
+            of the venv HookQL runs from, the floor for any Python tool
   streaming one event per call at full rate: delivered, lost; then paced rates
   memory    peak RSS (VmHWM) of the tool's process
 Writes OUT/results.json, OUT/results.png and prints a table with ratios.
+
+HookQL runs from its own venv (bench/build/venv, `pip install .`), as users install
+it: the machine's development Python may carry .pth hooks that cost more than
+HookQL's whole warm start.
 """
 from __future__ import annotations
 
@@ -28,6 +33,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from progs import attached_tracepoints, progs
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
@@ -54,19 +61,14 @@ SYSCALLS = ["socket", "connect", "accept4", "bind", "listen", "sendto", "recvfro
             "write", "mmap", "getsockopt"]
 
 
-PACKAGE_DIRS = ("hookql", "grammar", "codegen", "runtime")
+VENV = BUILD / "venv"
+HOOKQL = VENV / "bin" / "hookql"
 
 
 # -- building -------------------------------------------------------------------------
 def build() -> None:
     BUILD.mkdir(exist_ok=True)
-    # bytecode as `pip install` leaves it: an editable checkout under PYTHONDONTWRITEBYTECODE
-    # would otherwise recompile HookQL's modules on every start
-    import hookql
-
-    top = Path(hookql.__file__).resolve().parent.parent
-    subprocess.run([sys.executable, "-m", "compileall", "-q", *(str(top / d) for d in PACKAGE_DIRS)],
-                   check=True, stdout=subprocess.DEVNULL)
+    install_hookql()
     cc = lambda *a: subprocess.run(list(a), check=True, cwd=HERE)
     cc("gcc", "-O2", "-o", str(BUILD / "workload"), "workload.c")
     cc("gcc", "-O2", "-o", str(BUILD / "loader"), "ref/loader.c", "-lbpf")
@@ -81,15 +83,19 @@ def build() -> None:
            "-c", str(src), "-o", str(BUILD / src.name.replace(".bpf.c", ".bpf.o")))
 
 
-# -- the kernel's own accounting ------------------------------------------------------------
-PROBE_TYPES = {"tracepoint", "kprobe", "lsm", "tracing", "raw_tracepoint"}  # what the tools attach
+def install_hookql() -> None:
+    """This checkout, installed into bench/build/venv as `pip install` would for a user
+    (dependencies from the index the first time; HookQL itself afresh every run)."""
+    fresh = not (VENV / "bin" / "pip").exists()
+    if fresh:
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONDONTWRITEBYTECODE="")
+    cmd = [str(VENV / "bin" / "pip"), "install", "-q", str(HERE.parent)]
+    subprocess.run(cmd if fresh else cmd + ["--no-deps", "--force-reinstall"], check=True, env=env,
+                   stdout=subprocess.DEVNULL)
 
 
-def progs() -> dict[int, dict]:
-    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout
-    return {p["id"]: p for p in json.loads(out) if p.get("type") in PROBE_TYPES}
-
-
+# -- the kernel's own accounting (bench/progs.py) -------------------------------------------
 def stats(ids) -> tuple[int, int]:
     now = progs()
     return (sum(now[i].get("run_time_ns", 0) for i in ids if i in now),
@@ -114,7 +120,7 @@ class Tool:
         if cache:
             env["XDG_CACHE_HOME"] = cache
         if tool == "hookql":
-            cmd = [sys.executable, "-m", "hookql", "run", "-e", script]
+            cmd = [str(HOOKQL), "run", "-e", script]
             cmd += ["--map-size", str(map_size)] if map_size else []
         elif tool == "bpftrace":
             cmd = ["bpftrace", "-e", script]
@@ -128,19 +134,21 @@ class Tool:
         self.proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
     def wait_live(self, expected: int = 1, timeout: float = 120) -> float:
-        """Seconds from invocation until all `expected` programs are loaded and
-        the getsockopt one has run (the last one the scripts attach)."""
+        """Seconds from invocation until the tool's process holds `expected` tracepoints
+        with its programs attached (polled every millisecond); then a poke proves them live."""
         deadline = self.t0 + timeout
-        while time.monotonic() < deadline:
+        while len(attached_tracepoints(self.proc.pid)) < expected:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.tool} exited: {self.proc.stderr.read()}")
-            poke()
-            new = {i: p for i, p in progs().items() if i not in self.before}
-            if len(new) >= expected and any(p.get("run_cnt", 0) > 0 for p in new.values()):
-                self.ids = list(new)
-                return time.monotonic() - self.t0
-            time.sleep(0.005)
-        raise TimeoutError(f"{self.tool} never went live")
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.tool} never attached")
+            time.sleep(0.001)
+        live = time.monotonic() - self.t0
+        self.ids = [i for i in progs() if i not in self.before]
+        poke()
+        if not any(progs().get(i, {}).get("run_cnt") for i in self.ids):
+            raise RuntimeError(f"{self.tool}: attached, yet its getsockopt program did not run")
+        return live
 
     def peak_rss_kb(self) -> int:
         for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
@@ -182,17 +190,24 @@ def run_cost(tool: str, script: str, n: int, keys: int = 1, map_size: int | None
             "jited": jit, "workload_ns_per_call": per_call, "rss_kb": rss}
 
 
-def run_startup(tool: str, script: str, probes: int, cold: bool) -> float:
-    cache = tempfile.mkdtemp(prefix="hqbench-cache-") if cold else None
+def run_startup(tool: str, script: str, probes: int, cache: str | None = None) -> float:
+    t = Tool(tool, script, cache=cache)
     try:
-        t = Tool(tool, script, cache=cache)
-        try:
-            return t.wait_live(expected=probes)
-        finally:
-            t.stop()
+        return t.wait_live(expected=probes)
     finally:
-        if cache:
-            shutil.rmtree(cache, ignore_errors=True)
+        t.stop()
+
+
+def startup_round(probes: int, warm_cache: str) -> dict[str, float]:
+    """One of each, back to back: HookQL with an empty cache, with a warm one, bpftrace; the venv's Python."""
+    hq, bt = _many("hookql", probes), _many("bpftrace", probes)
+    cold = tempfile.mkdtemp(prefix="hqbench-cold-")
+    try:
+        return {"hookql_cold": run_startup("hookql", hq, probes, cold),
+                "hookql_warm": run_startup("hookql", hq, probes, warm_cache),
+                "bpftrace": run_startup("bpftrace", bt, probes), "python": python_floor()}
+    finally:
+        shutil.rmtree(cold, ignore_errors=True)
 
 
 def run_stream(tool: str, script: str, n: int, rate: float = 0) -> dict:
@@ -228,9 +243,9 @@ def stream_sweep(tool: str, rates: list[int], seconds: float) -> dict:
 
 
 def python_floor() -> float:
-    """Wall time of `python3 -c pass` with site: what any Python tool pays before its first line."""
+    """Wall time of the venv's `python -c pass`: what any Python tool installed there pays first."""
     t0 = time.monotonic()
-    subprocess.run([sys.executable, "-c", "pass"], check=True)
+    subprocess.run([str(VENV / "bin" / "python"), "-c", "pass"], check=True)
     return time.monotonic() - t0
 
 
@@ -291,15 +306,14 @@ def main() -> int:
         for keys in (int(k) for k in args.keys.split(",")):
             rounds = interleaved(args.rounds, lambda tool: run_cost(tool, GROWTH[tool], args.n, keys, GROWTH_MAP))
             res["growth"][str(keys)] = {tool: median([r["ns_per_event"] for r in rs]) for tool, rs in rounds.items()}
-        for probes in (1, 20):
-            hq = _many("hookql", probes)
-            bt = _many("bpftrace", probes)
-            res["startup"][f"{probes}"] = {
-                "python": median([python_floor() for _ in range(args.rounds)]),
-                "hookql_cold": median([run_startup("hookql", hq, probes, True) for _ in range(args.rounds)]),
-                "hookql_warm": median([run_startup("hookql", hq, probes, False) for _ in range(args.rounds)]),
-                "bpftrace": median([run_startup("bpftrace", bt, probes, False) for _ in range(args.rounds)]),
-            }
+        warm_cache = tempfile.mkdtemp(prefix="hqbench-warm-")
+        try:
+            for probes in (1, 20):
+                run_startup("hookql", _many("hookql", probes), probes, warm_cache)  # fills the warm cache
+                rounds = [startup_round(probes, warm_cache) for _ in range(args.rounds)]
+                res["startup"][f"{probes}"] = {k: median([r[k] for r in rounds]) for k in rounds[0]}
+        finally:
+            shutil.rmtree(warm_cache, ignore_errors=True)
         for tool in TOOLS:
             res["streaming"][tool] = run_stream(tool, STREAM[tool], min(args.n, 500_000))
         rates = [int(r) for r in args.rates.split(",")]
@@ -363,12 +377,13 @@ def render_table(res: dict) -> str:
     for keys, r in res["growth"].items():
         h, b, c = (r[t] for t in TOOLS)
         lines.append(f"| {keys} | {h:.1f} | {b:.1f} | {c:.1f} | {_ratio(h, c)} |")
-    lines += ["", "| startup to live (s) | HookQL cold | HookQL warm | bpftrace | warm/bpftrace | cold/bpftrace "
-                  "| `python3 -c pass` |", "|---|---|---|---|---|---|---|"]
+    lines += ["", "| startup to attached (ms) | HookQL cold | HookQL warm | bpftrace | warm/bpftrace | cold/bpftrace "
+                  "| venv `python -c pass` |", "|---|---|---|---|---|---|---|"]
     for probes, r in res["startup"].items():
-        lines.append(f"| {probes} probe{'s' * (probes != '1')} | {r['hookql_cold']:.2f} | {r['hookql_warm']:.2f} | "
-                     f"{r['bpftrace']:.2f} | {_ratio(r['hookql_warm'], r['bpftrace'])} | "
-                     f"{_ratio(r['hookql_cold'], r['bpftrace'])} | {r['python']:.2f} |")
+        ms = {k: f"{v * 1000:.1f}" for k, v in r.items()}
+        lines.append(f"| {probes} probe{'s' * (probes != '1')} | {ms['hookql_cold']} | {ms['hookql_warm']} | "
+                     f"{ms['bpftrace']} | {_ratio(r['hookql_warm'], r['bpftrace'])} | "
+                     f"{_ratio(r['hookql_cold'], r['bpftrace'])} | {ms['python']} |")
     lines += ["", "| streaming (one event per call) | fired | delivered | lost | lost as reported by the tool |",
               "|---|---|---|---|---|"]
     for tool, r in res["streaming"].items():
@@ -423,7 +438,7 @@ def chart(res: dict, path: Path) -> None:
         axes[2].bar([x + i * 0.27 for x in range(len(probes))], [res["startup"][p][key] for p in probes], 0.27,
                     label=label, color=color)
     axes[2].set_xticks([x + 0.27 for x in range(len(probes))], [f"{p} probe(s)" for p in probes])
-    axes[2].set_ylabel("seconds to live")
+    axes[2].set_ylabel("seconds to attached")
     axes[2].set_title("Startup")
     axes[2].legend()
     fig.tight_layout()

@@ -1,0 +1,70 @@
+"""What the kernel says about loaded BPF programs, asked directly through
+libbpf (ctypes) rather than by running bpftool: the startup clock polls this
+every millisecond, and a bpftool process per poll would be coarse and would
+compete with the tool being timed for the machine's two cores."""
+from __future__ import annotations
+
+import ctypes
+import os
+
+U32, U64 = ctypes.c_uint32, ctypes.c_uint64
+PROBE_TYPES = {2: "kprobe", 5: "tracepoint", 17: "raw_tracepoint", 26: "tracing", 29: "lsm"}  # enum bpf_prog_type
+BPF_FD_TYPE_TRACEPOINT = 1
+
+
+class ProgInfo(ctypes.Structure):  # struct bpf_prog_info (linux/bpf.h), up to run_cnt
+    _fields_ = [("type", U32), ("id", U32), ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", U32),
+                ("xlated_prog_len", U32), ("jited_prog_insns", U64), ("xlated_prog_insns", U64),
+                ("load_time", U64), ("created_by_uid", U32), ("nr_map_ids", U32), ("map_ids", U64),
+                ("name", ctypes.c_char * 16), ("ifindex", U32), ("gpl_compatible", U32), ("netns_dev", U64),
+                ("netns_ino", U64), ("nr_jited_ksyms", U32), ("nr_jited_func_lens", U32), ("jited_ksyms", U64),
+                ("jited_func_lens", U64), ("btf_id", U32), ("func_info_rec_size", U32), ("func_info", U64),
+                ("nr_func_info", U32), ("nr_line_info", U32), ("line_info", U64), ("jited_line_info", U64),
+                ("nr_jited_line_info", U32), ("line_info_rec_size", U32), ("jited_line_info_rec_size", U32),
+                ("nr_prog_tags", U32), ("prog_tags", U64), ("run_time_ns", U64), ("run_cnt", U64)]
+
+
+_lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
+_lib.bpf_prog_get_next_id.argtypes = [U32, ctypes.POINTER(U32)]
+_lib.bpf_prog_get_fd_by_id.argtypes = [U32]
+_lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(U32)]
+_lib.bpf_task_fd_query.argtypes = [ctypes.c_int, ctypes.c_int, U32, ctypes.c_char_p, ctypes.POINTER(U32),
+                                   ctypes.POINTER(U32), ctypes.POINTER(U32), ctypes.POINTER(U64),
+                                   ctypes.POINTER(U64)]
+
+
+def progs() -> dict[int, dict]:
+    """Every loaded probe program (the kinds the tools attach): id -> its counters and sizes."""
+    out, cur = {}, U32(0)
+    while _lib.bpf_prog_get_next_id(cur.value, ctypes.byref(cur)) == 0:
+        fd = _lib.bpf_prog_get_fd_by_id(cur.value)
+        if fd < 0:
+            continue  # gone since it was listed
+        try:
+            info, size = ProgInfo(), U32(ctypes.sizeof(ProgInfo))
+            if _lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+                continue
+        finally:
+            os.close(fd)
+        if info.type in PROBE_TYPES:
+            out[cur.value] = {"type": PROBE_TYPES[info.type], "run_time_ns": info.run_time_ns,
+                              "run_cnt": info.run_cnt, "bytes_xlated": info.xlated_prog_len,
+                              "bytes_jited": info.jited_prog_len}
+    return out
+
+
+def attached_tracepoints(pid: int) -> list[str]:
+    """The tracepoints process `pid` holds a BPF program on: a perf event fd
+    with a program set is a probe that fires, however the tool attached it."""
+    names = []
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return names
+    buf = ctypes.create_string_buffer(256)
+    for fd in fds:
+        size, prog, kind, off, addr = U32(256), U32(), U32(), U64(), U64()
+        if _lib.bpf_task_fd_query(pid, int(fd), 0, buf, ctypes.byref(size), ctypes.byref(prog), ctypes.byref(kind),
+                                  ctypes.byref(off), ctypes.byref(addr)) == 0 and kind.value == BPF_FD_TYPE_TRACEPOINT:
+            names.append(buf.value.decode())
+    return names
