@@ -190,7 +190,6 @@ def cmd_compile(args) -> int:
     from hookql.runtime import features
 
     from hookql import kernel as K
-
     from hookql.source import Source
 
     script = _single_script(args, "compile")

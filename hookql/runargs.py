@@ -73,9 +73,6 @@ class Args:
     def __init__(self, values: dict):
         self.__dict__.update(values)
 
-    def __eq__(self, other) -> bool:
-        return vars(self) == vars(other)
-
 
 _BY_FLAG = {f: o for o in OPTIONS for f in o[0]}
 

@@ -42,7 +42,8 @@ def _uses_files(text: str) -> bool:
     for line in text.splitlines():
         word = line.lstrip()
         for kw in ("use", "include"):
-            if word.startswith(kw) and not word[len(kw):len(kw) + 1].isidentifier():
+            after = word[len(kw):len(kw) + 1]
+            if word.startswith(kw) and not (after.isalnum() or after == "_"):  # the whole word, as regex \b
                 return True
     return False
 
