@@ -191,7 +191,7 @@ def run_cost(tool: str, script: str, n: int, keys: int = 1, map_size: int | None
 
 
 # Cold: the script was never compiled -- no object, no run entry. HookQL's own compiled
-# internals (its templates' bytecode, like its .pyc) stay: they are made once per install.
+# internals (its Jinja templates' bytecode) stay: a user's first run of any script makes them, once.
 COMPILE_CACHE = ("obj", "run")
 
 
