@@ -9,7 +9,6 @@ import os
 
 U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 PROBE_TYPES = {2: "kprobe", 5: "tracepoint", 17: "raw_tracepoint", 26: "tracing", 29: "lsm"}  # enum bpf_prog_type
-BPF_FD_TYPE_TRACEPOINT = 1
 
 
 class ProgInfo(ctypes.Structure):  # struct bpf_prog_info (linux/bpf.h), up to run_cnt
@@ -26,11 +25,18 @@ class ProgInfo(ctypes.Structure):  # struct bpf_prog_info (linux/bpf.h), up to r
 
 _lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
 _lib.bpf_prog_get_next_id.argtypes = [U32, ctypes.POINTER(U32)]
+_lib.bpf_link_get_next_id.argtypes = [U32, ctypes.POINTER(U32)]
+_lib.bpf_link_get_fd_by_id.argtypes = [U32]
 _lib.bpf_prog_get_fd_by_id.argtypes = [U32]
 _lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(U32)]
 _lib.bpf_task_fd_query.argtypes = [ctypes.c_int, ctypes.c_int, U32, ctypes.c_char_p, ctypes.POINTER(U32),
                                    ctypes.POINTER(U32), ctypes.POINTER(U32), ctypes.POINTER(U64),
                                    ctypes.POINTER(U64)]
+
+
+def _info(fd: int, info: ctypes.Structure) -> bool:
+    size = U32(ctypes.sizeof(info))
+    return _lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) == 0
 
 
 def progs() -> dict[int, dict]:
@@ -41,8 +47,8 @@ def progs() -> dict[int, dict]:
         if fd < 0:
             continue  # gone since it was listed
         try:
-            info, size = ProgInfo(), U32(ctypes.sizeof(ProgInfo))
-            if _lib.bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+            info = ProgInfo()
+            if not _info(fd, info):
                 continue
         finally:
             os.close(fd)
@@ -53,18 +59,45 @@ def progs() -> dict[int, dict]:
     return out
 
 
-def attached_tracepoints(pid: int) -> list[str]:
-    """The tracepoints process `pid` holds a BPF program on: a perf event fd
-    with a program set is a probe that fires, however the tool attached it."""
-    names = []
+class LinkInfo(ctypes.Structure):  # struct bpf_link_info (linux/bpf.h), its common head
+    _fields_ = [("type", U32), ("id", U32), ("prog_id", U32), ("rest", ctypes.c_uint8 * 100)]
+
+
+def linked_programs() -> set[int]:
+    """Programs attached through a BPF link (LSM, fentry, and libbpf's kprobes and tracepoints)."""
+    out, cur = set(), U32(0)
+    while _lib.bpf_link_get_next_id(cur.value, ctypes.byref(cur)) == 0:
+        fd = _lib.bpf_link_get_fd_by_id(cur.value)
+        if fd < 0:
+            continue
+        try:
+            info = LinkInfo()
+            if _info(fd, info):
+                out.add(info.prog_id)
+        finally:
+            os.close(fd)
+    return out
+
+
+def perf_programs(pid: int) -> set[int]:
+    """Programs process `pid` set on perf events or raw tracepoints it holds (how bpftrace 0.17
+    attaches tracepoints and kprobes, with no link)."""
+    out = set()
     try:
         fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
-        return names
+        return out
     buf = ctypes.create_string_buffer(256)
     for fd in fds:
         size, prog, kind, off, addr = U32(256), U32(), U32(), U64(), U64()
         if _lib.bpf_task_fd_query(pid, int(fd), 0, buf, ctypes.byref(size), ctypes.byref(prog), ctypes.byref(kind),
-                                  ctypes.byref(off), ctypes.byref(addr)) == 0 and kind.value == BPF_FD_TYPE_TRACEPOINT:
-            names.append(buf.value.decode())
-    return names
+                                  ctypes.byref(off), ctypes.byref(addr)) == 0:
+            out.add(prog.value)
+    return out
+
+
+def attached(pid: int, before: set[int]) -> set[int]:
+    """The programs loaded since `before` (a progs() snapshot) that are attached: the tool's
+    probes that fire, however it attached them."""
+    new = set(progs()) - before
+    return new & (linked_programs() | perf_programs(pid))

@@ -7,8 +7,8 @@ Measures, for the same work in each tool (medians of --rounds):
   cost      in-kernel ns/event from the kernel's bpf_stats (run_time_ns / run_cnt)
             while bench/workload makes N getsockopt calls; xlated/jited sizes
   growth    the same for `count by level` with 1, 1k and 100k distinct keys
-  startup   invocation -> every probe attached (the tool's process holds a perf event with
-            its program set), cold and warm cache, 1 and 20 probes; beside it `python -c pass`
+  startup   invocation -> every probe attached (its program on a BPF link, or on a perf event
+            the tool holds), cold and warm cache, 1 and 20 probes; beside it `python -c pass`
             of the venv HookQL runs from, the floor for any Python tool
   streaming one event per call at full rate: delivered, lost; then paced rates
   memory    peak RSS (VmHWM) of the tool's process
@@ -34,7 +34,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from progs import attached_tracepoints, progs
+from progs import attached, progs
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
@@ -134,17 +134,17 @@ class Tool:
         self.proc = subprocess.Popen(cmd, env=env, stdout=stdout, stderr=subprocess.PIPE, text=True)
 
     def wait_live(self, expected: int = 1, timeout: float = 120) -> float:
-        """Seconds from invocation until the tool's process holds `expected` tracepoints
-        with its programs attached (polled every millisecond); then a poke proves them live."""
+        """Seconds from invocation until `expected` of the tool's programs are attached
+        (polled every millisecond); then a poke proves the getsockopt one live."""
         deadline = self.t0 + timeout
-        while len(attached_tracepoints(self.proc.pid)) < expected:
+        while len(ids := attached(self.proc.pid, self.before)) < expected:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{self.tool} exited: {self.proc.stderr.read()}")
             if time.monotonic() > deadline:
                 raise TimeoutError(f"{self.tool} never attached")
             time.sleep(0.001)
         live = time.monotonic() - self.t0
-        self.ids = [i for i in progs() if i not in self.before]
+        self.ids = list(ids)
         poke()
         if not any(progs().get(i, {}).get("run_cnt") for i in self.ids):
             raise RuntimeError(f"{self.tool}: attached, yet its getsockopt program did not run")
