@@ -89,7 +89,7 @@ def install_hookql() -> None:
     fresh = not (VENV / "bin" / "pip").exists()
     if fresh:
         subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
-    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1", PYTHONDONTWRITEBYTECODE="")
+    env = dict(os.environ, PIP_DISABLE_PIP_VERSION_CHECK="1")  # pip writes .pyc whatever PYTHONDONTWRITEBYTECODE says
     cmd = [str(VENV / "bin" / "pip"), "install", "-q", str(HERE.parent)]
     subprocess.run(cmd if fresh else cmd + ["--no-deps", "--force-reinstall"], check=True, env=env,
                    stdout=subprocess.DEVNULL)
