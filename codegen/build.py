@@ -1,9 +1,11 @@
 """Building: BPF C -> object file with clang, cached on disk.
 
-Objects live under $XDG_CACHE_HOME/hookql/obj, named by a hash of the
-generated C (which already encodes the script, the kernel's types and the
-attach modes), the clang version and HookQL's version: a second run of the
-same script on the same kernel skips clang.
+Objects are cache entries (hookql/cache/blobs.py) under obj/, named by a hash
+of the generated C (which already encodes the script, the kernel's types and
+the attach modes), clang's identity and HookQL's version: a second run of the
+same script on the same kernel skips clang.  What callers get is the object's
+bytes, verified against the hash recorded when it was built; a damaged entry
+is rebuilt, and without a usable cache every build runs clang.
 """
 from __future__ import annotations
 
@@ -12,26 +14,31 @@ import os
 import platform
 import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import cache
-from pathlib import Path
 
 from hookql import __version__
-from hookql.paths import cache_dir
+from hookql.cache import blobs
 
 _ARCH = {"x86_64": "x86", "aarch64": "arm64", "arm64": "arm64", "s390x": "s390", "ppc64le": "powerpc",
          "riscv64": "riscv"}
 
 
 class BuildError(Exception):
-    """clang is missing or rejected the generated C (a HookQL bug if so)."""
+    """clang rejected the generated C (a HookQL bug), or is missing or unsafe (bug=False: the machine's)."""
+
+    def __init__(self, message: str, bug: bool = True):
+        super().__init__(message)
+        self.bug = bug
 
 
 @dataclass
 class Built:
-    path: Path
+    object: bytes  # the ELF object
     cached: bool
-    key: str
+    name: str  # its entry in the cache (obj/NAME), for the run cache
+    path: str | None  # where that entry is, None when the cache is off
 
 
 @cache
@@ -41,12 +48,18 @@ def clang() -> tuple[str, str]:
     exe = os.environ.get("HOOKQL_CLANG") or shutil.which("clang")
     if not exe:
         raise BuildError("clang was not found; install it (Debian/Ubuntu: apt-get install clang libbpf-dev) "
-                         "or set HOOKQL_CLANG")
+                         "or set HOOKQL_CLANG", bug=False)
     real = os.path.realpath(exe)
     try:
         st = os.stat(real)
     except OSError as exc:
-        raise BuildError(f"clang ({exe}) cannot be run: {exc.strerror}") from None
+        raise BuildError(f"clang ({exe}) cannot be run: {exc.strerror}", bug=False) from None
+    if st.st_uid not in (0, os.geteuid()):
+        raise BuildError(f"clang ({real}) is not safe to run: it is owned by uid {st.st_uid}, who could make "
+                         "HookQL run anything; use a clang that only root can change", bug=False)
+    if st.st_mode & 0o022:
+        raise BuildError(f"clang ({real}) is not safe to run: it is writable by others (mode {st.st_mode & 0o7777:o}); "
+                         "use a clang that only root can change", bug=False)
     return exe, f"{real}:{st.st_size}:{st.st_mtime_ns}"
 
 
@@ -56,21 +69,44 @@ def flags() -> list[str]:
             "-Wno-unused-function", "-Werror=implicit-function-declaration"]
 
 
-def build(c_source: str, out: Path | None = None) -> Built:
+def build(c_source: str, out: str | None = None) -> Built:
     exe, version = clang()
     key = hashlib.sha256("\0".join([c_source, version, " ".join(flags()), __version__]).encode()).hexdigest()[:24]
-    obj_dir = cache_dir() / "obj"
-    cached = obj_dir / f"{key}.bpf.o"
-    hit = cached.exists()
+    name = f"{key}.bpf.o"
+    obj = blobs.get("obj", name)
+    hit = obj is not None
     if not hit:
-        obj_dir.mkdir(parents=True, exist_ok=True)
-        tmp = obj_dir / f".{key}.{os.getpid()}.o"
-        proc = subprocess.run([exe, *flags(), "-c", "-x", "c", "-", "-o", str(tmp)], input=c_source,
+        obj = _clang(exe, c_source)
+    path = blobs.put("obj", name, obj) if not hit else None
+    if out is not None:
+        write_file(out, obj)
+    return Built(obj, hit, name, path)
+
+
+def _clang(exe: str, c_source: str) -> bytes:
+    """The object clang makes of c_source, in a private temporary directory."""
+    with tempfile.TemporaryDirectory(prefix="hookql-clang-") as tmp:
+        target = os.path.join(tmp, "prog.bpf.o")
+        proc = subprocess.run([exe, *flags(), "-c", "-x", "c", "-", "-o", target], input=c_source,
                               capture_output=True, text=True)
         if proc.returncode != 0:
-            tmp.unlink(missing_ok=True)
             raise BuildError(proc.stderr.strip() or f"clang exited with {proc.returncode}")
-        tmp.replace(cached)  # atomic: concurrent runs never see half an object
-    if out is not None:
-        shutil.copyfile(cached, out)
-    return Built(cached, hit, key)
+        with open(target, "rb") as f:
+            return f.read()
+
+
+def write_file(out: str, data: bytes) -> None:
+    """out holds data whole or is left as it was: a temporary file beside it, then a rename."""
+    out = os.fspath(out)
+    fd, tmp = tempfile.mkstemp(prefix=".hookql-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(out)))
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, out)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise

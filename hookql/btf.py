@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
-from hookql.paths import cache_dir
+from hookql.cache import blobs
 from hookql.runtime import libbpf
 
 # enum btf_kind (include/uapi/linux/btf.h)
@@ -324,12 +324,14 @@ class Btf:
         """
         if self._enumerators is not None:
             return self._enumerators
-        cache = cache_dir() / f"enums-{self.digest}.json"
-        try:
-            self._enumerators = {k: (v, e) for k, (v, e) in json.loads(cache.read_text()).items()}
-            return self._enumerators
-        except (OSError, ValueError, TypeError):
-            pass
+        entry = f"enums-{self.digest}.json"
+        cached = blobs.get("btf", entry)  # verified; JSON besides, which only ever makes data
+        if cached is not None:
+            try:
+                self._enumerators = {k: (v, e) for k, (v, e) in json.loads(cached).items()}
+                return self._enumerators
+            except (ValueError, TypeError):
+                pass
         out: dict[str, tuple[int, str]] = {}
         n = self.type_count()
         for i in range(1, n):
@@ -340,12 +342,6 @@ class Btf:
                 for name, value in t.enumerators:
                     out.setdefault(name, (value, t.name))
         self._enumerators = out
-        try:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(".tmp")
-            tmp.write_text(json.dumps(out))
-            tmp.replace(cache)
-        except OSError:
-            pass  # a read-only cache only costs the next run the scan again
+        blobs.put("btf", entry, json.dumps(out).encode())  # without a cache, the next run scans again
         return out
 

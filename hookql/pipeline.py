@@ -32,7 +32,9 @@ def check_source(source: Source, kernel: Kernel, resolver: Resolver | None = Non
 class Compiled:
     c_source: str
     layout: dict
-    object_path: object  # pathlib.Path of the built object, None when only C was asked for
+    object: bytes  # the BPF object (ELF), verified
+    object_name: str  # its entry in the cache (obj/NAME)
+    object_path: str | None  # where that entry is (with its hash header), None when the cache is off or it was a hit
     cached: bool
 
 
@@ -53,4 +55,4 @@ def compile_checked(checked: CheckedScript, func_mode: str = "kprobe", out=None)
 
     c_source, layout = generate_c(checked, func_mode)
     built = build(c_source, out)
-    return Compiled(c_source, layout, built.path, built.cached)
+    return Compiled(c_source, layout, built.object, built.name, built.path, built.cached)

@@ -42,9 +42,18 @@ _TOKEN = re.compile(r"(?P<comment>#.*$|//.*$)|(?P<string>\"(?:[^\"\\]|\\.)*\"?)"
                     r"|(?P<probe>\b[a-z]+(?::[\w.*]+)+)|(?P<number>\b\d[\w.:/]*)|(?P<word>[A-Za-z_]\w*)")
 
 
-def state_dir() -> Path:
-    base = os.environ.get("XDG_STATE_HOME") or os.path.join(os.path.expanduser("~"), ".local", "state")
-    return Path(base) / "hookql"
+def history():
+    """The REPL's history file in the user's own state directory (checked as the cache is: as root,
+    a user's XDG_STATE_HOME could point the history's writes at any file); in memory when refused."""
+    from prompt_toolkit.history import InMemoryHistory
+
+    from hookql.cache import dirs
+
+    try:
+        return FileHistory(os.path.join(dirs.private(dirs.state_base()), "history"))
+    except dirs.CacheError as exc:
+        dirs.warn(str(exc), "keeping no history")
+        return InMemoryHistory()
 
 
 class HookQLLexer(Lexer):
@@ -190,7 +199,6 @@ class Repl:
 
     # -- the loop --
     def run(self) -> int:
-        state_dir().mkdir(parents=True, exist_ok=True)
         keys = KeyBindings()
 
         @keys.add("enter")
@@ -202,7 +210,7 @@ class Repl:
             else:
                 buf.insert_text("\n")
 
-        session = PromptSession(history=FileHistory(str(state_dir() / "history")), completer=HookQLCompleter(self),
+        session = PromptSession(history=history(), completer=HookQLCompleter(self),
                                 lexer=HookQLLexer(), style=STYLE, multiline=True, key_bindings=keys,
                                 complete_while_typing=False, prompt_continuation="...  ")
         self.say(f"HookQL REPL on kernel {self.kernel.label}. :help for commands, Tab completes, Ctrl-D leaves.")
@@ -281,7 +289,7 @@ class Repl:
             return
         self.clauses.append(text)
         if background:
-            obj = BpfObject(compiled.object_path, compiled.layout)
+            obj = BpfObject(compiled.object, compiled.layout)
             try:
                 obj.__enter__()
                 obj.configure()
@@ -297,7 +305,7 @@ class Repl:
             return
         self.say("live; Ctrl-C stops and prints the final results")
         try:
-            Session(compiled.object_path, compiled.layout, RunOptions(every=1.0), out=self.out, redraw=True).run()
+            Session(compiled.object, compiled.layout, RunOptions(every=1.0), out=self.out, redraw=True).run()
         except (LoadError, LibbpfError) as exc:
             self._load_failed(exc)
 

@@ -43,6 +43,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "libbpf_num_possible_cpus": (ctypes.c_int, []),
     # objects and programs
     "bpf_object__open_file": (c_void_p, [c_char_p, c_void_p]),
+    "bpf_object__open_mem": (c_void_p, [c_char_p, ctypes.c_size_t, c_void_p]),
     "bpf_object__load": (ctypes.c_int, [c_void_p]),
     "bpf_object__close": (None, [c_void_p]),
     "bpf_object__btf": (c_void_p, [c_void_p]),

@@ -29,10 +29,18 @@ class Attached:
         self.probe, self.attach, self.link = probe, attach, link
 
 
+class _OpenOpts(ctypes.Structure):
+    """The head of libbpf's struct bpf_object_open_opts (sz says how much of it we pass)."""
+    _fields_ = [("sz", ctypes.c_size_t), ("object_name", ctypes.c_char_p)]
+
+
 class BpfObject:
-    def __init__(self, path, layout: dict):
+    """obj: the object's bytes, opened from memory (what was verified is what loads), or a path."""
+
+    def __init__(self, obj, layout: dict, name: str = "hookql"):
         self.l = libbpf.lib()
-        self.path = str(path)
+        self.data = obj if isinstance(obj, bytes) else None
+        self.path = name if self.data is not None else str(obj)
         self.layout = layout
         self.obj = 0
         self.links: list[Attached] = []
@@ -40,8 +48,14 @@ class BpfObject:
     # -- lifecycle --
     def __enter__(self) -> "BpfObject":
         libbpf.messages.clear()
-        self.obj = libbpf.check_ptr(self.l.bpf_object__open_file(self.path.encode(), None),
-                                    "bpf_object__open_file", self.path)
+        if self.data is None:
+            ptr = self.l.bpf_object__open_file(self.path.encode(), None)
+            what = "bpf_object__open_file"
+        else:  # libbpf reads the buffer until load: self.data lives as long as this object
+            self._opts = _OpenOpts(ctypes.sizeof(_OpenOpts), self.path.encode())
+            ptr = self.l.bpf_object__open_mem(self.data, len(self.data), ctypes.byref(self._opts))
+            what = "bpf_object__open_mem"
+        self.obj = libbpf.check_ptr(ptr, what, self.path)
         return self
 
     def __exit__(self, *exc) -> None:

@@ -30,8 +30,8 @@ class RunOptions:
 
 
 class Session:
-    def __init__(self, obj_path, layout: dict, opts: RunOptions, out=None, err=None, redraw: bool = False):
-        self.obj_path = obj_path
+    def __init__(self, obj, layout: dict, opts: RunOptions, out=None, err=None, redraw: bool = False):
+        self.obj = obj  # the object's bytes (or a path to it): BpfObject
         self.layout = layout
         self.opts = opts
         self.out = out or sys.stdout
@@ -50,7 +50,7 @@ class Session:
         child = None
         try:
             libbpf.keep_debug = self.opts.verbose
-            with BpfObject(self.obj_path, self.layout) as obj:
+            with BpfObject(self.obj, self.layout) as obj:
                 obj.configure(self.opts.pid or 0, self.opts.enforce, self.opts.map_entries, self.opts.ringbuf_size)
                 obj.load()
                 links = obj.attach_all()

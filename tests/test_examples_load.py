@@ -28,7 +28,7 @@ def kern():
 def test_example_compiles(path, mode, kern):
     result = check_source(Source.from_path(path), kern)
     compiled = compile_checked(result.checked, mode)
-    assert compiled.object_path.read_bytes()[:4] == b"\x7fELF"
+    assert compiled.object[:4] == b"\x7fELF"
 
 
 @needs_root
@@ -37,7 +37,7 @@ def test_example_opens_and_verifies_where_this_kernel_allows(path, kern):
     result = check_source(Source.from_path(path), kern)
     compiled = compile_checked(result.checked, "kprobe")
     verifiable = {p["func"] for p in compiled.layout["probes"] if p["attach"] in ("kprobe", "kretprobe", "tp")}
-    with BpfObject(compiled.object_path, compiled.layout) as obj:
+    with BpfObject(compiled.object, compiled.layout) as obj:
         obj.configure(enforce=True)
         obj.only(verifiable)
         obj.load()  # raises LoadError with the verifier's log on rejection

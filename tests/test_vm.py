@@ -48,7 +48,10 @@ def _compile(src: Source, kern) -> dict:
     result = check_source(src, kern)
     assert result.ok, [d.render() for d in result.diagnostics]
     compiled = compile_checked(result.checked, "kprobe")
-    return {"object": str(compiled.object_path), "layout": compiled.layout}
+    path = vm.cache_root() / "objects" / compiled.object_name  # the guest opens it by path
+    path.parent.mkdir(mode=0o700, exist_ok=True)
+    path.write_bytes(compiled.object)
+    return {"object": str(path), "layout": compiled.layout}
 
 
 @pytest.fixture(scope="module")

@@ -132,7 +132,7 @@ def main() -> int:
         refs = {(r["seed_file"], r["seed_name"]): r for r in json.loads(ref_path.read_text())}
 
     pkg = args.image_package or default_image_package()
-    vmlinux61, release61 = debian_kernel(pkg, Path(tempfile.gettempdir()) / "hookql-kernel")
+    vmlinux61, release61 = debian_kernel(pkg, Path(tempfile.mkdtemp(prefix="hookql-kernel-")))  # private, not a shared name
     btfs = {"6.1": Btf.from_file(vmlinux61), "6.18": Btf.from_file(args.running_btf)}
     releases = {"6.1": f"{release61} ({pkg})", "6.18": os.uname().release}
     if not os.uname().release.startswith("6.18"):

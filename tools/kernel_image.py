@@ -56,5 +56,5 @@ def default_image_package() -> str:
 if __name__ == "__main__":
     import sys
     pkg = sys.argv[1] if len(sys.argv) > 1 else default_image_package()
-    path, rel = debian_kernel(pkg, Path(tempfile.gettempdir()) / "hookql-kernel")
+    path, rel = debian_kernel(pkg, Path(tempfile.mkdtemp(prefix="hookql-kernel-")))  # private, not a shared name
     print(path, rel)

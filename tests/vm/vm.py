@@ -28,7 +28,7 @@ sys.path.insert(0, str(REPO / "tools"))
 
 from kernel_image import debian_kernel, default_image_package  # noqa: E402
 
-from hookql.paths import cache_dir  # noqa: E402
+from hookql.cache import dirs  # noqa: E402
 
 # Modules the initramfs loads, in dependency order (Debian 6.1 builds them as modules).
 MODULES = ["virtio_ring", "virtio", "virtio_pci_legacy_dev", "virtio_pci_modern_dev", "virtio_pci",
@@ -79,7 +79,7 @@ class Result:
 
 
 def cache_root() -> Path:
-    return cache_dir() / "vm"
+    return Path(dirs.require("vm"))
 
 
 def missing_tools() -> list[str]:

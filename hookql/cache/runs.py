@@ -11,6 +11,8 @@ Cheap on purpose, since it runs before anything attaches: the file name is a
 checksum of that identity and the entry holds the identity itself, compared
 in full on load (so a checksum collision is a miss, never the wrong program);
 entries are marshal, which needs no import, rather than json (which pulls in re).
+Entries and the objects they name are blobs (blobs.py): read only from the
+user's own checked cache, and only when their content hash still matches.
 """
 from __future__ import annotations
 
@@ -21,7 +23,7 @@ import zlib
 
 import hookql
 from hookql import __version__
-from hookql.paths import cache_path
+from hookql.cache import blobs
 
 
 def key(source_name: str, text: str, mode: str) -> str | None:
@@ -62,33 +64,36 @@ def _code_stamp() -> str:
     return str(newest)
 
 
-def _path(k: str) -> str:
+def _name(k: str) -> str:
     b = k.encode()
-    return cache_path("run", f"{zlib.crc32(b):08x}{zlib.adler32(b):08x}.marshal")
+    return f"{zlib.crc32(b):08x}{zlib.adler32(b):08x}.marshal"
 
 
 def load(k: str | None) -> dict | None:
+    """The entry for this identity, with the object's verified bytes as "object"; None on a miss."""
     if k is None:
         return None
+    data = blobs.get("run", _name(k))
+    if data is None:
+        return None
     try:
-        with open(_path(k), "rb") as f:
-            entry = marshal.load(f)
-    except (OSError, EOFError, ValueError, TypeError):
+        entry = marshal.loads(data)
+    except (EOFError, ValueError, TypeError):
         return None
     if not isinstance(entry, dict) or entry.get("key") != k:
         return None
-    return entry if os.path.exists(entry.get("object", "")) else None
+    obj = blobs.get("obj", entry.get("object", ""))
+    if obj is None:  # gone, or damaged: the cold path rebuilds it
+        return None
+    return dict(entry, object=obj, object_name=entry["object"])
 
 
-def store(k: str | None, object_path, layout: dict, diagnostics: list[str]) -> None:
-    if k is None:
+def store(k: str | None, object_name: str, layout: dict, diagnostics: list[str]) -> None:
+    """Remember this run: object_name is the object's entry in the cache (codegen/build.py)."""
+    if k is None or object_name is None:
         return
-    p = _path(k)
     try:
-        os.makedirs(os.path.dirname(p), exist_ok=True)
-        tmp = f"{p}.{os.getpid()}.tmp"
-        with open(tmp, "wb") as f:
-            marshal.dump({"key": k, "object": str(object_path), "layout": layout, "diagnostics": diagnostics}, f)
-        os.replace(tmp, p)
-    except (OSError, ValueError):
-        pass  # without a writable cache (or with a layout marshal can't hold) every run takes the cold path
+        data = marshal.dumps({"key": k, "object": object_name, "layout": layout, "diagnostics": diagnostics})
+    except ValueError:
+        return  # a layout marshal can't hold: every run takes the cold path
+    blobs.put("run", _name(k), data)
