@@ -48,20 +48,59 @@ class Resolver(Protocol):
 
 
 class FileResolver:
-    """`use "path.hq"` relative to the using script; named libraries need a lock."""
+    """`use "path.hq"`, relative to the using script and only inside its project: the directory of the
+    nearest hookql.toml above the script, else the script's own directory (the current directory for
+    `-e` and standard input); a library's files only inside that library.  Absolute paths, `..` past the
+    root and symbolic links leading out are errors, and nothing of such a file is read.  Named libraries
+    need a lock (ManifestResolver)."""
+
+    def __init__(self):
+        self._roots: dict[str, str] = {}  # a module this resolver opened (its source name) -> its real root
+        self._libraries: dict[str, str] = {}  # real root of a library -> its name
+
+    def root_of(self, name: str) -> str:
+        """The real directory the file `name` (a source name) may use files from."""
+        import os
+
+        if name in self._roots:
+            return self._roots[name]
+        start = Path.cwd() if name.startswith("<") else Path(os.path.abspath(name)).parent
+        for d in [start, *start.parents]:
+            if (d / "hookql.toml").is_file():
+                return os.path.realpath(d)
+        return os.path.realpath(start)
 
     def resolve(self, use: n.Use, diags: Diagnostics):
+        from hookql.libs import confine
+        from hookql.libs.errors import show
+
         if use.path is None:
             diags.error(use.span, f"unknown library '{use.name}'",
                         "libraries are installed with `hookql lib install` and resolved through hookql.lock")
             return None
-        base = Path(use.span.source.name).parent
-        path = (base / use.path) if not Path(use.path).is_absolute() else Path(use.path)
+        using = use.span.source.name
+        root = self.root_of(using)
+        lib = self._libraries.get(root)
+        where = f"library '{lib}' ({root})" if lib else f"the project ({root})"
+        hint = ("a library uses only its own files: put the file in the library" if lib else
+                "move the file into the project (the directory of its hookql.toml, or the script's own), "
+                "or make it a library: [dependencies] NAME = { path = \"DIR\" } in hookql.toml, then `use NAME`")
+        if Path(use.path).is_absolute():
+            diags.error(use.span, f'use "{show(use.path)}": an absolute path; a script uses only files inside '
+                        f"{where}", hint)
+            return None
+        path = Path(using).parent / use.path
         try:
-            return Path(use.path).stem, Source.from_path(path)
+            text = confine.read_text(path, root)
+        except confine.Outside as exc:
+            what = "is (or passes through) a symbolic link to outside" if exc.link else "is outside"
+            diags.error(use.span, f'use "{show(use.path)}": {show(path)} {what} {where}; it was not read', hint)
+            return None
         except (OSError, UnicodeDecodeError) as exc:
             diags.error(use.span, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
             return None
+        self._roots[str(path)] = root
+        return Path(use.path).stem, Source(str(path), text)
 
 
 @dataclass
@@ -80,7 +119,7 @@ class Checker:
         self.kernel = kernel
         self.catalog = catalog or Catalog.load()
         if resolver is None:
-            from hookql.libraries import ManifestResolver  # libraries build on the checker
+            from hookql.libs.modules import ManifestResolver  # libraries build on the checker
 
             resolver = ManifestResolver()
         if hasattr(resolver, "kernel"):

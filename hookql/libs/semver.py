@@ -7,6 +7,8 @@ import re
 from dataclasses import dataclass
 from functools import total_ordering
 
+from hookql.libs.errors import show
+
 _VERSION = re.compile(r"^v?(\d+)(?:\.(\d+))?(?:\.(\d+))?$")
 
 
@@ -25,7 +27,7 @@ class Version:
     def parse(cls, text: str) -> "Version":
         m = _VERSION.match(text.strip())
         if not m:
-            raise SemverError(f"'{text}' is not a version (MAJOR.MINOR.PATCH)")
+            raise SemverError(f"'{show(text)}' is not a version (MAJOR.MINOR.PATCH)")
         return cls(int(m[1]), int(m[2] or 0), int(m[3] or 0))
 
     def __lt__(self, other: "Version") -> bool:
@@ -46,7 +48,9 @@ class Range:
         for part in (p.strip() for p in text.split(",")):
             if part in ("*", ""):
                 continue
-            m = re.match(r"^(\^|~|>=|<=|>|<|=)?\s*(.+)$", part)
+            m = re.fullmatch(r"(\^|~|>=|<=|>|<|=)?\s*(\S+)", part)
+            if not m:
+                raise SemverError(f"'{show(part)}' is not a version requirement (e.g. ^1.2, ~1.2, >=1.0, <2)")
             op, ver = m[1] or "^", m[2]
             v = Version.parse(ver)
             given = len(ver.lstrip("v").split("."))

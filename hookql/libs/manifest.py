@@ -1,0 +1,200 @@
+"""hookql.toml: a package's name, version, requirements and dependencies.
+
+Every manifest is hostile input, the project's and each library's (so the
+checks cover transitive dependencies): a dependency's name must be an
+identifier, its git URL one git may safely be given (git.check_url), its
+version a semver range.  `lib add` edits the file atomically, with values
+quoted as TOML strings, never pasted in.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import stat
+import tempfile
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from hookql.libs import confine
+from hookql.libs.errors import ManifestError, show
+from hookql.libs.git import ACCEPTED, check_url
+from hookql.libs.semver import Range, SemverError, Version
+
+MANIFEST = "hookql.toml"
+NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
+
+__all__ = ["MANIFEST", "NAME", "Dependency", "Manifest", "ManifestError", "find", "load", "loads",
+           "check_name", "add_dependency", "write_atomic"]
+
+
+@dataclass
+class Dependency:
+    name: str
+    git: str | None = None
+    version: Range | None = None
+    path: str | None = None
+
+
+@dataclass
+class Manifest:
+    path: Path
+    name: str
+    version: Version | None
+    hookql: Range | None
+    kernel: Version | None
+    dependencies: dict[str, Dependency] = field(default_factory=dict)
+
+    @property
+    def root(self) -> Path:
+        return self.path.parent
+
+
+def find(start: Path) -> Path | None:
+    for d in [start, *start.parents]:
+        if (d / MANIFEST).is_file():
+            return d / MANIFEST
+    return None
+
+
+def check_name(name: object) -> str | None:
+    """Why `name` cannot name a dependency, or None."""
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        return "is not a library name (letters, digits, _ and -, not starting with a digit or -)"
+    return None
+
+
+def load(path: Path, inside: Path | None = None) -> Manifest:
+    """Read and check a hookql.toml; with `inside`, its real path must be in that directory (a library's
+    manifest may not be a link to a file elsewhere)."""
+    try:
+        text = confine.read_text(path, inside) if inside is not None else path.read_text()
+    except confine.Outside as exc:
+        raise ManifestError(f"cannot read {path}: it is a symbolic link to outside its library {exc.root}; "
+                            "a library's files must be inside it") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return loads(text, path)
+
+
+def loads(text: str, path: Path) -> Manifest:
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ManifestError(f"cannot read {path}: {exc}") from None
+    pkg = data.get("package", {})
+    deps = data.get("dependencies", {})
+    if not isinstance(pkg, dict) or not isinstance(deps, dict):
+        raise ManifestError(f"{path}: [package] and [dependencies] must be tables")
+    for key in ("name", "version", "hookql", "kernel"):
+        if key in pkg and (not isinstance(pkg[key], str) or not pkg[key].isprintable()):
+            raise ManifestError(f"{path}: [package] {key} must be a string of printable characters")
+    try:
+        m = Manifest(path, pkg.get("name", path.parent.name),
+                     Version.parse(pkg["version"]) if "version" in pkg else None,
+                     Range.parse(pkg["hookql"]) if "hookql" in pkg else None,
+                     Version.parse(pkg["kernel"]) if "kernel" in pkg else None)
+        for name, spec in deps.items():
+            why = check_name(name)
+            if why:
+                raise ManifestError(f"{path}: dependency '{show(name)}' {why}; rename it")
+            if not isinstance(spec, dict) or not ("git" in spec or "path" in spec):
+                raise ManifestError(f"{path}: dependency '{name}' needs {{ git = \"URL\", version = \"RANGE\" }} "
+                                    f"or {{ path = \"DIR\" }}")
+            if "git" in spec:
+                why = check_url(spec["git"])
+                if why:
+                    raise ManifestError(f"{path}: dependency '{name}': git URL '{show(spec['git'])}' {why}; "
+                                        f"write {ACCEPTED}")
+            version = spec.get("version", "*")
+            if not isinstance(version, str):
+                raise ManifestError(f"{path}: dependency '{name}': version must be a string, e.g. \"^1.2\"")
+            dpath = spec.get("path")
+            if dpath is not None and (not isinstance(dpath, str) or not dpath or not dpath.isprintable()):
+                raise ManifestError(f"{path}: dependency '{name}': path must be a directory name, e.g. \"../netlib\"")
+            m.dependencies[name] = Dependency(name, spec.get("git"),
+                                              Range.parse(version) if "git" in spec else None, dpath)
+    except SemverError as exc:
+        raise ManifestError(f"{path}: {exc}") from None
+    return m
+
+
+# -- editing (lib add) ----------------------------------------------------------------------
+_SECTION = re.compile(r"^\[dependencies\][ \t]*(?:#.*)?$", re.MULTILINE)
+
+
+def add_dependency(path: Path, text: str, name: str, git: str, version: str) -> tuple[str, Manifest]:
+    """text with `name = { git = ..., version = ... }` added under [dependencies], and the manifest it
+    makes; ManifestError when the values are not allowed or the result would not say exactly that."""
+    why = check_name(name)
+    if why:
+        raise ManifestError(f"cannot add '{show(name)}' to {path}: '{show(name)}' {why}")
+    why = check_url(git)
+    if why:
+        raise ManifestError(f"cannot add '{name}' to {path}: git URL '{show(git)}' {why}; write {ACCEPTED}")
+    try:
+        if not version.isprintable():
+            raise SemverError(f"'{show(version)}' contains control characters")
+        Range.parse(version)
+    except SemverError as exc:
+        raise ManifestError(f"cannot add '{name}' to {path}: --version: {exc}") from None
+    line = f"{name} = {{ git = {json.dumps(git)}, version = {json.dumps(version)} }}"  # TOML basic strings
+    m = _SECTION.search(text)
+    if m:
+        new = text[:m.end()] + "\n" + line + text[m.end():]
+    else:
+        new = text.rstrip("\n") + f"\n\n[dependencies]\n{line}\n"
+    try:
+        got = tomllib.loads(new).get("dependencies", {}).get(name)
+    except (tomllib.TOMLDecodeError, AttributeError):
+        got = None
+    if got != {"git": git, "version": version}:
+        raise ManifestError(f"cannot add '{name}' to {path} automatically (its [dependencies] is not a plain "
+                            f"table); add this line under [dependencies] by hand: {line}")
+    return new, loads(new, path)
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Replace the file at `path` with `text` at once: a temporary file in the same directory, then rename.
+    A symbolic link is not written through (it would write wherever the link points)."""
+    try:
+        st = os.lstat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as exc:
+        raise ManifestError(f"cannot write {path}: {exc.strerror}") from None
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
+        raise ManifestError(f"cannot write {path}: it is {what}, which HookQL does not write through; "
+                            "make it a regular file")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as exc:
+        raise ManifestError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        if st is not None:
+            os.chmod(tmp, stat.S_IMODE(st.st_mode))
+            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+                os.chown(tmp, st.st_uid, st.st_gid)  # root editing a user's project leaves it theirs
+        else:
+            os.chmod(tmp, 0o644 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        if isinstance(exc, OSError):
+            raise ManifestError(f"cannot write {path}: {exc.strerror}") from None
+        raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
