@@ -1,6 +1,7 @@
 """Rendering: IR -> BPF C source, through the Jinja templates beside this file."""
 from __future__ import annotations
 
+import sys
 from functools import cache
 from pathlib import Path
 
@@ -8,7 +9,8 @@ import jinja2
 
 from hookql import __version__
 from hookql.btf import Btf
-from hookql.paths import cache_dir
+from hookql.cache.templates import VerifiedBytecodeCache
+from hookql.codegen.escape import FILTERS as C_FILTERS
 from hookql.codegen.ir import DEFAULT_MAP_ENTRIES, Local, Program, StrEqVar
 from hookql.codegen.kernel_types import KernelTypes
 
@@ -30,18 +32,17 @@ _PT_REGS = ("di", "si", "dx", "cx", "r8", "ax", "sp", "ip")
 @cache
 def _env() -> jinja2.Environment:
     # Compiling the templates costs ~0.3 s; the bytecode cache makes it ~10 ms.
-    bytecode = cache_dir() / "jinja"
-    try:
-        bytecode.mkdir(parents=True, exist_ok=True)
-        bcc = jinja2.FileSystemBytecodeCache(str(bytecode))
-    except OSError:
-        bcc = None  # a read-only home only makes every run compile the templates
-    return jinja2.Environment(
+    # Verified entries in the user's own cache, never Jinja's pickled files (hookql/cache/templates.py).
+    bcc = VerifiedBytecodeCache(f"{__version__}-py{sys.hexversion:x}")
+    env = jinja2.Environment(
         loader=jinja2.FileSystemLoader(Path(__file__).with_name("templates")),
         bytecode_cache=bcc,
         trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True,
         undefined=jinja2.StrictUndefined, autoescape=False,
     )
+    # every piece of outside text passes through these on its way into the C (codegen/escape.py)
+    env.filters.update(C_FILTERS)
+    return env
 
 
 def kernel_types(prog: Program, btf: Btf, sig_params) -> KernelTypes:
@@ -68,7 +69,7 @@ def render(prog: Program, btf: Btf, sig_params: dict, source_name: str) -> str:
         prog.helpers.add("streq")
     types = kernel_types(prog, btf, sig_params)
     return _env().get_template("program.bpf.c.j2").render(
-        prog=prog, types=types, version=__version__, source=_c_string(source_name),
+        prog=prog, types=types, version=__version__, source=source_name,
         map_entries=DEFAULT_MAP_ENTRIES, ringbuf_size=RINGBUF_SIZE,
     )
 
@@ -85,7 +86,3 @@ def _walk(prog: Program):
     for p in prog.probes:
         if p.where is not None:
             yield from rec(p.where)
-
-
-def _c_string(s: str) -> str:
-    return s.replace("\\", "\\\\").replace('"', '\\"')

@@ -7,7 +7,7 @@ import sys
 from hookql import __version__, runargs
 
 # Everything else (argparse, the front end, lark, jinja, BTF, diagnostics) is
-# imported where used, so a warm `hookql run` never loads it (see hookql/runcache.py).
+# imported where used, so a warm `hookql run` never loads it (see hookql/cache/runs.py).
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -114,6 +114,19 @@ def _parser():
     return ap
 
 
+def _unsafe_btf(exc) -> int:
+    print(f"hookql: error: the kernel's BTF has a name HookQL cannot write as C ({_shown(exc)}); "
+          "is this BTF damaged?", file=sys.stderr)
+    return 1
+
+
+def _shown(text) -> str:
+    """Outside text (a file name, clang's messages) as it may reach a terminal: control characters escaped."""
+    from hookql.runtime.escape import escape_text
+
+    return escape_text(str(text), backslash=False)
+
+
 def _diagnostic(*args):
     from hookql.diagnostics import Diagnostic
 
@@ -138,7 +151,7 @@ def _read_text(f: str) -> tuple[str, str] | None:
         with open(f, encoding="utf-8") as fh:
             return f, fh.read()
     except (OSError, UnicodeDecodeError) as exc:
-        print(f"{f}: error: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
+        print(f"{_shown(f)}: error: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return None
 
 
@@ -170,6 +183,7 @@ def _single_script(args, cmd: str) -> tuple[str, str] | int:
 def _build(checked, mode: str, out=None):
     """Compile to an object; or the exit code after reporting a lowering or clang failure."""
     from hookql.codegen.build import BuildError
+    from hookql.codegen.escape import UnsafeCText
     from hookql.codegen.ir import LoweringError
     from hookql.pipeline import compile_checked
 
@@ -178,13 +192,19 @@ def _build(checked, mode: str, out=None):
     except LoweringError as exc:
         print(_diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
     except BuildError as exc:
-        print(f"hookql: error: clang could not build the generated program:\n{exc}\n"
-              "  this is a bug in HookQL; `hookql compile --emit-c` shows the C", file=sys.stderr)
+        if not exc.bug:
+            print(f"hookql: error: {_shown(exc)}", file=sys.stderr)
+        else:
+            print(f"hookql: error: clang could not build the generated program:\n{_shown(exc)}\n"
+                  "  this is a bug in HookQL; `hookql compile --emit-c` shows the C", file=sys.stderr)
+    except UnsafeCText as exc:
+        _unsafe_btf(exc)
     return 1
 
 
 # -- run and compile --------------------------------------------------------------
 def cmd_compile(args) -> int:
+    from hookql.codegen.escape import UnsafeCText
     from hookql.codegen.ir import LoweringError
     from hookql.pipeline import generate_c
     from hookql.runtime import features
@@ -206,17 +226,19 @@ def cmd_compile(args) -> int:
         except LoweringError as exc:
             print(_diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
             return 1
+        except UnsafeCText as exc:
+            return _unsafe_btf(exc)
         return 0
     out = args.output or (os.path.splitext(args.file)[0] + ".bpf.o" if args.file else "out.bpf.o")
     compiled = _build(checked, mode, out)
     if isinstance(compiled, int):
         return compiled
-    print(f"wrote {out} ({'cached' if compiled.cached else 'built'}; kprobes attach as {mode})", file=sys.stderr)
+    print(f"wrote {_shown(out)} ({'cached' if compiled.cached else 'built'}; kprobes attach as {mode})", file=sys.stderr)
     return 0
 
 
 def cmd_run(args) -> int:
-    from hookql import runcache
+    from hookql.cache import runs
     from hookql.runtime import features
     from hookql.runtime.libbpf import LibbpfError
     from hookql.runtime.loader import LoadError
@@ -226,12 +248,12 @@ def cmd_run(args) -> int:
     if isinstance(script, int):
         return script
     mode = features.func_mode()
-    key = runcache.key(*script, mode)
-    hit = runcache.load(key)
+    key = runs.key(*script, mode)
+    hit = runs.load(key)
     if hit:  # run before on this kernel: no parse, check, render or clang
         for d in hit["diagnostics"]:
             print(d, file=sys.stderr)
-        object_path, layout, how = hit["object"], hit["layout"], "cached run"
+        obj, name, layout, how = hit["object"], hit["object_name"], hit["layout"], "cached run"
     else:
         from hookql import kernel as K
         from hookql.source import Source
@@ -242,14 +264,15 @@ def cmd_run(args) -> int:
         compiled = _build(checked, mode)
         if isinstance(compiled, int):
             return compiled
-        object_path, layout, how = compiled.object_path, compiled.layout, ("cached" if compiled.cached else "built")
-        runcache.store(key, object_path, layout, diagnostics)
+        obj, name, layout = compiled.object, compiled.object_name, compiled.layout
+        how = "cached" if compiled.cached else "built"
+        runs.store(key, name, layout, diagnostics)
     if args.verbose:
-        print(f"hookql: object {object_path} ({how}); kprobes attach as {mode}", file=sys.stderr)
+        print(f"hookql: object {name} ({how}); kprobes attach as {mode}", file=sys.stderr)
     opts = RunOptions(args.duration, args.every, args.command, args.pid, args.format, args.enforce,
                       args.verbose, args.map_size, args.ringbuf_size)
     try:
-        return Session(object_path, layout, opts).run()
+        return Session(obj, layout, opts).run()
     except (LoadError, LibbpfError) as exc:
         hint = getattr(exc, "hint", None)
         print(f"hookql: error: {exc.strerror if isinstance(exc, LibbpfError) else exc}", file=sys.stderr)
@@ -264,9 +287,9 @@ def cmd_run(args) -> int:
 
 
 def cmd_lib(args) -> int:
-    from hookql import libcmd
+    from hookql.libs import cli as libcli
 
-    return libcmd.run(args)
+    return libcli.run(args)
 
 
 def cmd_repl(args) -> int:

@@ -1,8 +1,15 @@
-"""Diagnostics: `file:line:col: error: ...`, the source line, a caret, a hint."""
+r"""Diagnostics: `file:line:col: error: ...`, the source line, a caret, a hint.
+
+A script, a library file or its name can hold control characters; none
+reaches the terminal raw.  The file name, message, hint and echoed source
+line escape them as text output does (runtime/escape.py: \x1b, \n, ...),
+backslashes left as they are, and the carets shift with the escapes so they
+stay under the text they point at."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from hookql.runtime.escape import escape_char, escape_text
 from hookql.source import Span
 
 
@@ -21,15 +28,15 @@ class Diagnostic:
     @property
     def where(self) -> str:
         s = self.span
-        return f"{s.source.name}:{s.line}:{s.col}" if s else "hookql"
+        return f"{_esc(s.source.name)}:{s.line}:{s.col}" if s else "hookql"
 
     def render(self, color: bool = False) -> str:
-        head = f"{self.where}: {_paint(self.severity + ':', self.severity, color)} {self.message}"
+        head = f"{self.where}: {_paint(self.severity + ':', self.severity, color)} {_esc(self.message)}"
         out = [head]
         if self.span:
             out += _excerpt(self.span, color, self.severity)
         if self.hint:
-            out.append(f"  {_paint('hint:', 'hint', color)} {self.hint}")
+            out.append(f"  {_paint('hint:', 'hint', color)} {_esc(self.hint)}")
         for n in self.notes:
             out.append(n.render(color))
         return "\n".join(out)
@@ -38,15 +45,27 @@ class Diagnostic:
         return self.render()
 
 
+def _esc(text: str) -> str:
+    return escape_text(text, backslash=False)
+
+
 def _excerpt(span: Span, color: bool, severity: str) -> list[str]:
     text = span.source.line(span.line).expandtabs(1)
     if not text.strip():
         return []
     start = max(span.col - 1, 0)
     end = span.end_col - 1 if span.end_line == span.line else len(text)
-    width = max(end - start, 1)
+    # Each character as it prints (a control character as its escape), and
+    # where each column lands once printed: the carets follow the escapes.
+    shown = [escape_char(ch, backslash=False) for ch in text]
+    at = [0]
+    for piece in shown:
+        at.append(at[-1] + len(piece))
+    col = lambda c: at[c] if c < len(at) else at[-1] + c - len(text)
+    width = max(col(end) - col(start), 1)
     gutter = f"{span.line:>4} | "
-    return [f"{gutter}{text}", " " * (len(gutter) - 2) + "| " + " " * start + _paint("^" + "~" * (width - 1), severity, color)]
+    return [f"{gutter}{''.join(shown)}",
+            " " * (len(gutter) - 2) + "| " + " " * col(start) + _paint("^" + "~" * (width - 1), severity, color)]
 
 
 _COLORS = {"error": "1;31", "warning": "1;35", "note": "1;36", "hint": "1;32"}

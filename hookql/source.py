@@ -18,8 +18,8 @@ class Source:
         return cls(str(path), Path(path).read_text(encoding="utf-8"))
 
     def line(self, lineno: int) -> str:
-        if not self._lines:
-            self._lines.extend(self.text.splitlines() or [""])
+        if not self._lines:  # lines end at \n only, as the lexer counts them (not at \f, \x85, U+2028...)
+            self._lines.extend(l[:-1] if l.endswith("\r") else l for l in self.text.split("\n"))
         if 1 <= lineno <= len(self._lines):
             return self._lines[lineno - 1]
         return ""

@@ -196,6 +196,30 @@ static void put_json_char(struct hq_out *o, uint32_t cp)
 	}
 }
 
+/* Text mode, as runtime/escape.py's escape_text: a backslash as \\, newline,
+ * tab and CR as \n \t \r, every other C0 control, DEL and C1 control
+ * (U+0080-U+009F) as \xHH; printable UTF-8 as its bytes; an invalid sequence
+ * as U+FFFD.  No control character reaches the terminal raw. */
+static void put_text_char(struct hq_out *o, uint32_t cp, const uint8_t *raw, size_t used)
+{
+	static const char digits[] = "0123456789abcdef";
+
+	switch (cp) {
+	case '\\': puts_(o, "\\\\"); return;
+	case '\n': puts_(o, "\\n"); return;
+	case '\t': puts_(o, "\\t"); return;
+	case '\r': puts_(o, "\\r"); return;
+	}
+	if (cp < 0x20 || (cp >= 0x7F && cp < 0xA0)) {
+		char b[4] = {'\\', 'x', digits[cp >> 4], digits[cp & 15]};
+		put(o, b, 4);
+	} else if (cp == 0xFFFD) {
+		put_utf8(o, cp); /* an invalid sequence, replaced */
+	} else {
+		put(o, (const char *)raw, used); /* printable: the bytes as they are */
+	}
+}
+
 static void put_str(struct hq_out *o, const uint8_t *s, size_t size)
 {
 	const uint8_t *nul = memchr(s, 0, size);
@@ -208,10 +232,8 @@ static void put_str(struct hq_out *o, const uint8_t *s, size_t size)
 		size_t used = utf8_next(s + i, n - i, &cp);
 		if (o->json)
 			put_json_char(o, cp);
-		else if (cp == 0xFFFD)
-			put_utf8(o, cp); /* an invalid sequence, replaced */
 		else
-			put(o, (const char *)s + i, used); /* valid: the bytes as they are */
+			put_text_char(o, cp, s + i, used);
 		i += used;
 	}
 	if (o->json)

@@ -19,8 +19,9 @@ from functools import cache
 from pathlib import Path
 
 from hookql import __version__
-from hookql.paths import cache_dir
+from hookql.cache import blobs
 from hookql.runtime.decode import NAMES
+from hookql.runtime.escape import escape_text
 
 _SOURCE = Path(__file__).with_name("events.c")
 _KINDS = {"uint": 0, "sint": 1, "str": 2, "addr": 3}
@@ -57,23 +58,12 @@ class _Out(ctypes.Structure):
 @cache
 def _library() -> ctypes.CDLL:
     src = _SOURCE.read_bytes()
-    key = hashlib.sha256(src + __version__.encode()).hexdigest()[:16]
-    so = cache_dir() / "native" / f"events-{key}.so"
-    if not so.exists():
-        from hookql.codegen.build import BuildError, clang
-
-        try:
-            exe = clang()[0]
-        except BuildError as exc:
-            raise EventsError(str(exc))
-        so.parent.mkdir(parents=True, exist_ok=True)
-        tmp = so.with_suffix(f".{os.getpid()}.tmp")
-        r = subprocess.run([exe, "-O2", "-shared", "-fPIC", "-o", str(tmp), str(_SOURCE)], capture_output=True,
-                           text=True)
-        if r.returncode:
-            raise EventsError(f"building the event printer failed:\n{r.stderr.strip()}")
-        tmp.replace(so)
-    lib = ctypes.CDLL(str(so))
+    name = f"events-{hashlib.sha256(src + __version__.encode()).hexdigest()[:16]}.so"
+    code = blobs.get("native", name)
+    if code is None:
+        code = _build(src)
+        blobs.put("native", name, code)
+    lib = _dlopen(code)
     lib.hq_ev_sample.argtypes = [ctypes.c_void_p, ctypes.c_void_p, ctypes.c_size_t]
     lib.hq_ev_sample.restype = ctypes.c_int
     lib.hq_ev_flush.argtypes = [ctypes.POINTER(_Out)]
@@ -81,6 +71,48 @@ def _library() -> ctypes.CDLL:
     lib.hq_ev_free.argtypes = [ctypes.POINTER(_Out)]
     lib.hq_ev_free.restype = None
     return lib
+
+
+def _build(src: bytes) -> bytes:
+    """runtime/events.c as a shared library, built with clang in a private temporary directory."""
+    import tempfile
+
+    from hookql.codegen.build import BuildError, clang
+
+    try:
+        exe = clang()[0]
+    except BuildError as exc:
+        raise EventsError(str(exc))
+    with tempfile.TemporaryDirectory(prefix="hookql-events-") as tmp:
+        so = os.path.join(tmp, "events.so")
+        r = subprocess.run([exe, "-O2", "-shared", "-fPIC", "-o", so, "-x", "c", "-"], input=src, capture_output=True)
+        if r.returncode:
+            raise EventsError(f"building the event printer failed:\n{r.stderr.decode(errors='replace').strip()}")
+        with open(so, "rb") as f:
+            return f.read()
+
+
+def _dlopen(code: bytes) -> ctypes.CDLL:
+    """Load the library from these very bytes: a memfd no other process can write, else a private file."""
+    try:
+        fd = os.memfd_create("hookql-events", os.MFD_CLOEXEC)
+    except (AttributeError, OSError):
+        fd = -1
+    if fd >= 0:
+        try:
+            os.write(fd, code)
+            return ctypes.CDLL(f"/proc/self/fd/{fd}")
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="hookql-events-") as tmp:
+        path = os.path.join(tmp, "events.so")
+        with open(path, "wb") as f:
+            f.write(code)
+        return ctypes.CDLL(path)
 
 
 def _names(display: str | None, as_json: bool) -> list[tuple[int, str]]:
@@ -124,7 +156,7 @@ class EventPrinter:
         text = 0
         for i, f in enumerate(rec["fields"]):
             sep = (", " if self.json else " ") if i else ""
-            prefix = f"{sep}{json.dumps(f['name'])}: " if self.json else f"{sep}{f['name']}="
+            prefix = f"{sep}{json.dumps(f['name'])}: " if self.json else f"{sep}{escape_text(f['name'])}="
             kind = f["kind"] if f["kind"] != "int" else ("sint" if f["signed"] else "uint")
             names = _names(f["display"], self.json) if kind in ("uint", "sint") else []
             names = [(v, t) for v, t in names if v >= 0 or kind == "sint"]
@@ -132,10 +164,11 @@ class EventPrinter:
             self._keep.append(table)
             display = _D_NAMES if names else _D_HEX if f["display"] == "hex" else _D_NONE
             fields[i] = _Field(f["offset"], f["size"], _KINDS[kind], display, self._c(prefix), table, len(names))
-            # the most this value can print as: JSON escapes are up to 6 bytes per byte of a string
-            longest_name = max((len(t) for _, t in names), default=0)
+            # the most this value can print as: JSON escapes are up to 6 bytes per byte of a string (text
+            # escapes up to 4: \x1b), in bytes (a name as written can hold UTF-8)
+            longest_name = max((len(t.encode()) for _, t in names), default=0)
             value = 6 * f["size"] + 2 if kind == "str" else 48 if kind == "addr" else max(_MAX_INT_TEXT, longest_name)
-            text += len(prefix) + value
+            text += len(prefix.encode()) + value
         self._keep.append(fields)
         if self.json:
             head = f'{{"probe": {json.dumps(rec["probe"])}, "line": {rec["line"]}, "event": {{'

@@ -1,10 +1,16 @@
-"""Printing results: text tables and bpftrace-style histograms, or JSON lines."""
+"""Printing results: text tables and bpftrace-style histograms, or JSON lines.
+
+Every piece of text a table or header prints (keys such as comm, names as
+written in the script, probe names, the script's file name) passes through
+runtime/escape.py's escape_text: control characters never reach the terminal
+raw.  JSON lines are escaped by json.dumps."""
 from __future__ import annotations
 
 import json
 import sys
 
 from hookql.runtime.decode import Row, display
+from hookql.runtime.escape import escape_text
 
 BAR = 52
 
@@ -34,13 +40,13 @@ def bucket_label(lo, hi, func: str) -> str:
 
 
 def _key_text(agg: dict, key: dict) -> list[str]:
-    return [str(display(key[f["name"]], f["display"])) for f in agg["by"]]
+    return [escape_text(display(key[f["name"]], f["display"])) for f in agg["by"]]
 
 
 def _value_text(agg: dict, value) -> str:
     if value is None:
         return "-"
-    return str(display(value, agg["value_display"] if agg["func"] in ("min", "max", "sum") else None))
+    return escape_text(display(value, agg["value_display"] if agg["func"] in ("min", "max", "sum") else None))
 
 
 def _sort_value(row: Row):
@@ -77,8 +83,8 @@ class TextPrinter:
             self.out.lines = 0
 
     def header(self, agg: dict) -> None:
-        where = f"{self.source}:{agg['line']}" if self.source else f"line {agg['line']}"
-        self.out.write(f"\n{agg['probe']}: {agg['text']}   [{where}]\n")
+        where = f"{escape_text(self.source)}:{agg['line']}" if self.source else f"line {agg['line']}"
+        self.out.write(f"\n{escape_text(agg['probe'])}: {escape_text(agg['text'])}   [{where}]\n")
 
     def aggregation(self, agg: dict, rows: list[Row]) -> None:
         self.header(agg)
@@ -89,15 +95,15 @@ class TextPrinter:
         if agg["func"] in ("hist", "lhist"):
             for row in rows:
                 if agg["by"]:
-                    self.out.write("  " + "  ".join(f"{f['name']}={t}" for f, t in zip(agg["by"], _key_text(agg, row.key))) + "\n")
+                    self.out.write("  " + "  ".join(f"{escape_text(f['name'])}={t}" for f, t in zip(agg["by"], _key_text(agg, row.key))) + "\n")
                 self.histogram(agg, row.value)
             return
-        head = [f["name"] for f in agg["by"]] + [agg["func"]]
+        head = [escape_text(h.upper()) for h in [f["name"] for f in agg["by"]] + [agg["func"]]]
         body = [_key_text(agg, r.key) + [_value_text(agg, r.value)] for r in rows]
         widths = [max(len(str(x)) for x in col) for col in zip(head, *body)]
         fmt = lambda cells: "  " + "  ".join(
             c.rjust(w) if i == len(cells) - 1 else c.ljust(w) for i, (c, w) in enumerate(zip(cells, widths)))
-        self.out.write(fmt([h.upper() for h in head]).rstrip() + "\n")
+        self.out.write(fmt(head).rstrip() + "\n")
         for cells in body:
             self.out.write(fmt(cells).rstrip() + "\n")
 
@@ -116,9 +122,9 @@ class TextPrinter:
 
     def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
         if enforce:
-            self.out.write(f"\n{probe}: denied {denied}\n")
+            self.out.write(f"\n{escape_text(probe)}: denied {denied}\n")
         else:
-            self.out.write(f"\n{probe}: would deny {would} (run with --enforce to deny)\n")
+            self.out.write(f"\n{escape_text(probe)}: would deny {would} (run with --enforce to deny)\n")
 
     def flush(self) -> None:
         self.out.flush()

@@ -1,8 +1,9 @@
 """The C event printer (runtime/events.c) against Python's own formatting.
 
 Each record is printed by the C and compared with what Python makes of the same
-bytes: bytes.decode(errors="replace"), ipaddress, hex(), json.dumps.  No kernel
-is involved: records are built here and handed to the C sample callback.
+bytes: bytes.decode(errors="replace"), ipaddress, hex(), json.dumps, and in text
+mode runtime/escape.py's escape_text (control characters never print raw).  No
+kernel is involved: records are built here and handed to the C sample callback.
 """
 from __future__ import annotations
 
@@ -17,6 +18,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from hookql.runtime.decode import NAMES
+from hookql.runtime.escape import escape_text
 from hookql.runtime.events import EventPrinter
 
 DISPLAYS = [None, "af", "proto", "tcp_state", "sock_type", "errno", "hex", "port"]
@@ -46,7 +48,7 @@ def expected(rec: dict, raw: bytes, as_json: bool) -> str:
     vals = {f["name"]: expected_value(f, raw, as_json) for f in rec["fields"]}
     if as_json:
         return json.dumps({"probe": rec["probe"], "line": rec["line"], "event": vals}) + "\n"
-    return " ".join(f"{k}={v}" for k, v in vals.items()) + "\n"
+    return " ".join(f"{escape_text(k)}={escape_text(v)}" for k, v in vals.items()) + "\n"
 
 
 def feed(p: EventPrinter, raw: bytes) -> None:
@@ -95,9 +97,15 @@ def addr_bytes():
     return st.one_of(mapped, sparse, st.binary(min_size=16, max_size=16))
 
 
+# What a hostile comm or kernel string holds: terminal escapes, C0/C1 controls, DEL, backslashes.
+CONTROLS = st.sampled_from(["\x1b", "\x1b[2J", "\x1b]0;pwn\x07", "\n", "\r", "\t", "\b", "\x7f", "\x9b", "\x85",
+                            "\\", "\\x1b", "\u2028", "h\u00e9", "\u65e5"])
+
+
 def str_bytes(size):
     text = st.text(max_size=size // 4).map(lambda s: s.encode())
-    return st.one_of(text, st.binary(max_size=size)).map(lambda b: b[:size].ljust(size, b"\0"))
+    hostile = st.lists(st.one_of(CONTROLS, st.text(max_size=3)), max_size=8).map(lambda p: "".join(p).encode())
+    return st.one_of(text, hostile, st.binary(max_size=size)).map(lambda b: b[:size].ljust(size, b"\0"))
 
 
 @st.composite
@@ -160,3 +168,22 @@ def test_unknown_record_is_counted_not_printed():
     p.flush()
     assert out.getvalue() == "" and p.bad == 2
     p.close()
+
+
+def test_text_mode_escapes_control_characters():
+    """A comm with terminal escapes prints them escaped (\\x1b, \\n, \\\\), never raw; printable UTF-8 as is."""
+    fs = [{"name": "comm", "kind": "str", "size": 16, "signed": False, "display": None, "offset": 8}]
+    rec = {"id": 0, "probe": "p", "line": 1, "size": 24, "fields": fs}
+    comm = "\x1b[2Jh\u00e9\n\\\x07\x7f\u0085".encode()
+    raw = bytes(8) + comm.ljust(16, b"\0")
+    text = printed([rec], [raw], "text")
+    assert text == "comm=\\x1b[2Jh\u00e9\\n\\\\\\x07\\x7f\\x85\n"
+    assert not any(ord(c) < 0x20 and c != "\n" or 0x7F <= ord(c) < 0xA0 for c in text)
+    assert json.loads(printed([rec], [raw], "json"))["event"]["comm"] == comm.decode()
+
+
+def test_text_mode_escapes_field_names():
+    """A name as written in the script (`emit` of an expression) is escaped in text mode too."""
+    fs = [{"name": "x\x1b[31m", "kind": "int", "size": 8, "signed": False, "display": None, "offset": 8}]
+    rec = {"id": 0, "probe": "p", "line": 1, "size": 16, "fields": fs}
+    assert printed([rec], [bytes(8) + struct.pack("<Q", 5)], "text") == "x\\x1b[31m=5\n"
