@@ -49,18 +49,16 @@ def clang() -> tuple[str, str]:
     if not exe:
         raise BuildError("clang was not found; install it (Debian/Ubuntu: apt-get install clang libbpf-dev) "
                          "or set HOOKQL_CLANG", bug=False)
-    real = os.path.realpath(exe)
-    try:
+    from hookql.cache import dirs
+
+    try:  # the real file, reached only through directories and links no other user can change
+        real = dirs.trusted_file_path(os.path.abspath(exe))
         st = os.stat(real)
+    except dirs.CacheError as exc:
+        raise BuildError(f"clang: {exc}", bug=False) from None
     except OSError as exc:
         raise BuildError(f"clang ({exe}) cannot be run: {exc.strerror}", bug=False) from None
-    if st.st_uid not in (0, os.geteuid()):
-        raise BuildError(f"clang ({real}) is not safe to run: it is owned by uid {st.st_uid}, who could make "
-                         "HookQL run anything; use a clang that only root can change", bug=False)
-    if st.st_mode & 0o022:
-        raise BuildError(f"clang ({real}) is not safe to run: it is writable by others (mode {st.st_mode & 0o7777:o}); "
-                         "use a clang that only root can change", bug=False)
-    return exe, f"{real}:{st.st_size}:{st.st_mtime_ns}"
+    return real, f"{real}:{st.st_size}:{st.st_mtime_ns}"  # run what was checked, not the name again
 
 
 def flags() -> list[str]:
@@ -102,7 +100,7 @@ def write_file(out: str, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
-        os.chmod(tmp, 0o644)
+            os.fchmod(f.fileno(), 0o644)  # the descriptor, not the name: another user may own the directory
         os.replace(tmp, out)
     except BaseException:
         try:

@@ -58,19 +58,34 @@ class FileResolver:
         self._roots: dict[str, str] = {}  # a module this resolver opened (its source name) -> its real root
         self._libraries: dict[str, str] = {}  # real root of a library -> its name
 
-    def root_of(self, name: str) -> str:
-        """The real directory the file `name` (a source name) may use files from."""
+    def root_of(self, source: Source) -> str:
+        """The real directory the file of `source` may use files from.  Worked out from the real path of
+        the file as it was read (source.real), once: a name that points elsewhere later (a link another
+        user swaps) changes nothing."""
         import os
 
-        if name in self._roots:
-            return self._roots[name]
-        start = Path.cwd() if name.startswith("<") else Path(os.path.abspath(name)).parent
-        for d in [start, *start.parents]:
-            if (d / "hookql.toml").is_file():
-                return os.path.realpath(d)
-        return os.path.realpath(start)
+        if source.name in self._roots:
+            return self._roots[source.name]
+        if source.real:
+            start = os.path.dirname(source.real)
+        else:
+            start = os.getcwd() if source.name.startswith("<") else os.path.realpath(os.path.dirname(
+                os.path.abspath(source.name)))
+        d = start
+        while True:
+            if os.path.isfile(os.path.join(d, "hookql.toml")):
+                root = d
+                break
+            if os.path.dirname(d) == d:
+                root = start
+                break
+            d = os.path.dirname(d)
+        self._roots[source.name] = root
+        return root
 
     def resolve(self, use: n.Use, diags: Diagnostics):
+        import os
+
         from hookql.libs import confine
         from hookql.libs.errors import show
 
@@ -79,7 +94,7 @@ class FileResolver:
                         "libraries are installed with `hookql lib install` and resolved through hookql.lock")
             return None
         using = use.span.source.name
-        root = self.root_of(using)
+        root = self.root_of(use.span.source)
         lib = self._libraries.get(root)
         where = f"library '{lib}' ({root})" if lib else f"the project ({root})"
         hint = ("a library uses only its own files: put the file in the library" if lib else
@@ -89,9 +104,12 @@ class FileResolver:
             diags.error(use.span, f'use "{show(use.path)}": an absolute path; a script uses only files inside '
                         f"{where}", hint)
             return None
-        path = Path(using).parent / use.path
+        path = Path(using).parent / use.path  # as the user wrote it, for messages
+        real_using = use.span.source.real  # resolved from where the using file really was when it was read
         try:
-            text = confine.read_text(path, root)
+            data, real = confine.read_real(os.path.join(os.path.dirname(real_using), use.path) if real_using
+                                           else path, root, root_is_real=True)
+            text = data.decode("utf-8")
         except confine.Outside as exc:
             what = "is (or passes through) a symbolic link to outside" if exc.link else "is outside"
             diags.error(use.span, f'use "{show(use.path)}": {show(path)} {what} {where}; it was not read', hint)
@@ -100,7 +118,19 @@ class FileResolver:
             diags.error(use.span, f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}")
             return None
         self._roots[str(path)] = root
-        return Path(use.path).stem, Source(str(path), text)
+        return Path(use.path).stem, Source(str(path), text, real=real)
+
+
+def _left_spine(e: n.Binary) -> tuple[n.Expr, list[n.Binary]]:
+    """A chain of operators along the left operands (`a + b + c`): its leftmost operand, and the
+    operators from the innermost out, found without recursion."""
+    spine = []
+    x: n.Expr = e
+    while isinstance(x, n.Binary):
+        spine.append(x)
+        x = x.left
+    spine.reverse()
+    return x, spine
 
 
 @dataclass

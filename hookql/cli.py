@@ -38,13 +38,13 @@ def _dispatch(args) -> int:
     except Exception as exc:  # the last resort: never a bare traceback for users
         kernel = sys.modules.get("hookql.kernel")  # its errors exist only once it is imported
         if kernel and isinstance(exc, kernel.KernelError):
-            print(f"hookql: error: {exc}", file=sys.stderr)
+            print(f"hookql: error: {_shown(exc)}", file=sys.stderr)
             return 1
         if os.environ.get("HOOKQL_DEBUG"):
             import traceback
 
             traceback.print_exc()
-        print(f"hookql: internal error: {type(exc).__name__}: {exc}\n"
+        print(f"hookql: internal error: {type(exc).__name__}: {_shown(exc)}\n"
               "  this is a bug in HookQL; rerun with HOOKQL_DEBUG=1 for details and report it", file=sys.stderr)
         return 70
 
@@ -140,7 +140,18 @@ def _read_sources(files: list[str], expr: str | None) -> list[Source] | None:
     texts = [_read_text(f) for f in files]
     if any(t is None for t in texts):
         return None
-    return [Source(name, text) for name, text in ([("<-e>", expr)] if expr is not None else []) + texts]
+    return [_source(name, text) for name, text in ([("<-e>", expr)] if expr is not None else []) + texts]
+
+
+_REAL: dict[str, str] = {}  # a FILE argument -> the real path of the file that was read
+
+
+def _source(name: str, text: str):
+    """The Source of a script read by _read_text: with the real path of what was read, so that its
+    `use "PATH"`s resolve from there (hookql/checker.py FileResolver), whatever the name points at later."""
+    from hookql.source import Source
+
+    return Source(name, text, real=_REAL.get(name))
 
 
 def _read_text(f: str) -> tuple[str, str] | None:
@@ -149,6 +160,10 @@ def _read_text(f: str) -> tuple[str, str] | None:
         return "<stdin>", sys.stdin.read()
     try:
         with open(f, encoding="utf-8") as fh:
+            try:
+                _REAL[f] = os.readlink(f"/proc/self/fd/{fh.fileno()}")
+            except OSError:
+                _REAL[f] = os.path.realpath(f)
             return f, fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         print(f"{_shown(f)}: error: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)

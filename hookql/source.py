@@ -12,6 +12,7 @@ class Source:
     name: str
     text: str
     _lines: list[str] = field(default_factory=list, compare=False, repr=False)
+    real: str | None = field(default=None, compare=False, repr=False)  # the real path of the file read, if one
 
     @classmethod
     def from_path(cls, path: str | Path) -> "Source":

@@ -32,8 +32,12 @@ WL = f"{sys.executable} {WORKLOAD} hqcachetest 2 0"
 
 
 def blob(payload: bytes) -> bytes:
-    """A cache entry as HookQL writes one, header and all: an attacker can compute it too."""
-    return b"HQBLOB1 " + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+    """A cache entry as an attacker can forge one: the header's form, with a plain sha256 (the key that
+    signs HookQL's own entries is in root's home, 0600)."""
+    return b"HQBLOB2 " + hashlib.sha256(payload).hexdigest().encode() + b"\n" + payload
+
+
+HEADER = len(blob(b""))
 
 
 def run(env, *args, script=SCRIPT):
@@ -190,7 +194,7 @@ def test_a_swapped_object_is_not_loaded(tmp_path, env):
     root = Path(env["XDG_CACHE_HOME"]) / "hookql"
     other_obj = next((root / "obj").iterdir()).read_bytes()
     assert ran_fine(run(env))
-    for swapped in (other_obj[len(blob(b"")):], other_obj[:-1] + bytes([other_obj[-1] ^ 1])):
+    for swapped in (other_obj[HEADER:], other_obj[:-1] + bytes([other_obj[-1] ^ 1])):
         for p in (root / "obj").iterdir():
             p.write_bytes(swapped)
         r = run(env, "-v")
@@ -214,9 +218,10 @@ def test_truncated_entries_are_rebuilt_and_compile_never_writes_a_broken_object(
     r = run(env)
     assert ran_fine(r), r.stderr
     assert "internal error" not in r.stderr and "format invalid" not in r.stderr
-    for p in entries:  # each written again, whole
+    from hookql.cache import blobs
+    for p in entries:  # each written again, whole and signed
         data = p.read_bytes()
-        assert data[len(blob(b"")):] and blob(data[len(blob(b"")):]) == data
+        assert len(data) > HEADER and blobs._mac(data[HEADER:]) == data[len(blobs.MAGIC):HEADER - 1]
     for p in (root / "obj").iterdir():
         p.write_bytes(p.read_bytes()[:100])
     out = tmp_path / "out.bpf.o"
@@ -264,3 +269,42 @@ def test_a_clang_another_user_can_change_is_never_run(tmp_path, env, marker):
     r = subprocess.run(hookql_cmd() + ["compile", "-e", SCRIPT, "-o", str(tmp_path / "o.bpf.o")], capture_output=True,
                        text=True, env=dict(env, HOOKQL_CLANG=str(fake)), timeout=120)
     assert r.returncode == 1 and "writable by others" in r.stderr, r.stderr
+
+
+# -- found by attacking the first version of these fixes ------------------------------------------------
+def test_a_directory_root_owns_but_another_user_wrote_is_not_a_cache(tmp_path, env, marker):
+    """`sudo -E` lets a user point XDG_CACHE_HOME at any directory root owns, such as a library checkout
+    in root's cache, whose files the user wrote (root-owned, right modes, well-formed entries): without
+    the key in root's own home, none of it loads."""
+    authored = tmp_path / "checkout"  # made by root from the user's content
+    plant(authored / "hookql" / "native" / events_library_name(), blob(evil_library(tmp_path, marker)), uid=0)
+    for d in (authored, authored / "hookql", authored / "hookql" / "native"):
+        os.chmod(d, 0o700)
+    env["XDG_CACHE_HOME"] = str(authored)
+    r = run(env)
+    assert ran_fine(r), r.stderr
+
+
+def test_a_link_another_user_owns_on_the_cache_path_is_refused(tmp_path, env, marker):
+    """In a sticky shared directory, a link owned by another user (who can swap it at any time) leads
+    to a directory root owns."""
+    shared = Path(env["TMPDIR"])  # 1777, like /tmp
+    target = tmp_path / "roots"
+    target.mkdir(mode=0o700)
+    link = shared / "cache"
+    link.symlink_to(target)
+    os.lchown(link, NOBODY, NOBODY)
+    env["XDG_CACHE_HOME"] = str(link)
+    r = run(env)
+    assert ran_fine(r), r.stderr
+    assert "is owned by nobody (uid 65534)" in r.stderr and "running without a cache" in r.stderr
+
+
+def test_clang_reached_through_another_users_directory_or_link_is_refused(tmp_path, env):
+    home = tmp_path / "alice"
+    home.mkdir()
+    (home / "clang").symlink_to(shutil.which("clang"))  # the real clang, today: the link can change
+    os.chown(home, NOBODY, NOBODY)
+    r = subprocess.run(hookql_cmd() + ["compile", "-e", SCRIPT, "-o", str(tmp_path / "o.bpf.o")], capture_output=True,
+                       text=True, env=dict(env, HOOKQL_CLANG=str(home / "clang")), timeout=120)
+    assert r.returncode == 1 and "owned by nobody" in r.stderr and "Traceback" not in r.stderr, r.stderr

@@ -452,3 +452,131 @@ def test_an_unsafe_cache_is_not_used(tmp_path, env):
     (app / "s.hq").write_text("use netlib\non lsm:socket_connect where dport == netlib.X { count }\n")
     r = hq(app, "check", "--kernel", "6.18", "s.hq", env=bad)
     assert r.returncode == 1 and "s.hq:1:1: error: cannot use the library cache" in r.stderr
+
+
+# -- found by attacking the first version of these fixes ------------------------------------------------
+NOBODY = 65534
+
+
+def _victim(tmp_path) -> Path:
+    v = tmp_path / "victim"
+    v.write_text("root's secret\n")
+    v.chmod(0o600)
+    return v
+
+
+def _racing_mkstemp(monkeypatch, module, victim: Path):
+    """The attacker in a directory they own wins the race: right after HookQL made its temporary file,
+    it is renamed away and a symbolic link to a file of root's takes its name."""
+    import tempfile
+
+    real = tempfile.mkstemp
+
+    def mkstemp(*a, **kw):
+        fd, tmp = real(*a, **kw)
+        os.rename(tmp, tmp + ".moved")
+        os.symlink(victim, tmp)
+        return fd, tmp
+
+    monkeypatch.setattr(module.tempfile, "mkstemp", mkstemp)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root editing another user's project")
+def test_rewriting_a_users_manifest_never_chmods_or_chowns_through_a_link(tmp_path, monkeypatch):
+    from hookql.libs import manifest as M
+
+    victim = _victim(tmp_path)
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    lock = proj / "hookql.lock"
+    lock.write_text("version = 1\n")
+    os.chown(lock, NOBODY, NOBODY)
+    _racing_mkstemp(monkeypatch, M, victim)
+    try:
+        M.write_atomic(lock, "version = 1\n# new\n")
+    except M.ManifestError:
+        pass
+    st = victim.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+    assert victim.read_text() == "root's secret\n"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root writing into another user's directory")
+def test_compile_output_never_chmods_through_a_link(tmp_path, monkeypatch):
+    from hookql.codegen import build
+
+    victim = _victim(tmp_path)
+    out = tmp_path / "out"
+    out.mkdir()
+    os.chown(out, NOBODY, NOBODY)
+    _racing_mkstemp(monkeypatch, build, victim)
+    try:
+        build.write_file(str(out / "x.bpf.o"), b"\x7fELF")
+    except OSError:
+        pass
+    st = victim.stat()
+    assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
+
+
+def test_git_never_reads_a_users_configuration(tmp_path, env, marker):
+    """`sudo -E` keeps HOME, XDG_CONFIG_HOME and GIT_* from the user: their .gitconfig could set a hooks
+    path (a post-checkout hook runs at install), core.fsmonitor or core.sshCommand."""
+    home = tmp_path / "alice"
+    hooks = home / "hooks"
+    hooks.mkdir(parents=True)
+    for hook in ("post-checkout", "reference-transaction", "fsmonitor"):
+        (hooks / hook).write_text(f"#!/bin/sh\ntouch {marker}\n")
+        (hooks / hook).chmod(0o755)
+    config = f"[core]\n\thooksPath = {hooks}\n\tfsmonitor = {hooks}/fsmonitor\n"
+    (home / ".gitconfig").write_text(config)
+    (home / "xdg" / "git").mkdir(parents=True)
+    (home / "xdg" / "git" / "config").write_text(config)
+    net = tmp_path / "netlib"
+    release(net, "1.0.0", {"lib.hq": "const X = 1\n"}, env)
+    app = project(tmp_path, f'netlib = {{ git = "file://{net}", version = "^1" }}')
+    hostile = dict(env, HOME=str(home), XDG_CONFIG_HOME=str(home / "xdg"), GIT_CONFIG_GLOBAL=str(home / ".gitconfig"),
+                   GIT_CONFIG_COUNT="1", GIT_CONFIG_KEY_0="core.hooksPath", GIT_CONFIG_VALUE_0=str(hooks),
+                   GIT_TEMPLATE_DIR=str(home))
+    r = hq(app, "lib", "install", env=hostile)
+    assert r.returncode == 0, r.stderr
+    assert not marker.exists()
+
+
+def test_use_resolves_from_where_the_script_really_was(tmp_path, k618):
+    """A link on the script's path is swapped between reading the script and reading its `use`s (to
+    `/`, so that the script's directory would be `/` and any file `inside` it): the use still resolves
+    from the directory the script was read from."""
+    from hookql import cli
+
+    s = secret()
+    outside = tmp_path / "outside.hq"
+    outside.write_text(f"{s}\n")
+    d1 = tmp_path / "d1"
+    d1.mkdir()
+    rel = os.path.relpath(outside, "/")
+    (d1 / "x.hq").write_text(f'use "{rel}"\non lsm:socket_connect {{ count }}\n')
+    link = tmp_path / "lnk"
+    link.symlink_to(d1)
+    name, text = cli._read_text(str(link / "x.hq"))
+    src = cli._source(name, text)
+    link.unlink()
+    link.symlink_to("/")
+    result = check_source(src, k618)
+    shown = "\n".join(d.render() for d in result.diagnostics)
+    assert not result.ok and s not in shown  # resolved from d1, where there is no such file
+
+
+def test_lib_output_escapes_paths_and_lock_values(tmp_path, env):
+    net = tmp_path / "netlib"
+    release(net, "1.0.0", {"lib.hq": "const X = 1\n"}, env)
+    app = tmp_path / "\x1b]0;pwned\x07\x1b[31mproj"
+    app.mkdir()
+    (app / "hookql.toml").write_text(f'[package]\nname = "app"\nversion = "0.1.0"\n\n[dependencies]\n'
+                                     f'netlib = {{ git = "file://{net}", version = "^1" }}\n')
+    r = hq(app, "lib", "install", env=env)
+    assert r.returncode == 0, r.stderr
+    assert "\x1b" not in r.stderr + r.stdout and "\x07" not in r.stderr + r.stdout
+    lock = (app / "hookql.lock").read_text().replace('version = "1.0.0"', 'version = "1.0.0\\u000b\\u001c"')
+    (app / "hookql.lock").write_text(lock)
+    r = hq(app, "lib", "list", env=env)
+    assert r.returncode != 0 and "\x0b" not in r.stdout + r.stderr and "\x1c" not in r.stdout + r.stderr

@@ -1,13 +1,18 @@
-"""Cache entries that carry the sha256 of their content.
+"""Cache entries signed with a key only the running user can read.
 
 An entry is one file, written whole (a private temporary file, then an atomic
-rename): the line `HQBLOB1 <sha256 of the payload>` and the payload.  Reading
-gives the payload only when the file is a regular file of the running user's,
-writable by no one else, in a checked directory (dirs.py), and its payload
-still hashes to the recorded value; anything else (truncated, damaged,
-swapped, foreign) is deleted and reads as missing, so the caller rebuilds it.
-Callers load what they get from memory (libbpf's open_mem, a memfd for the
-event printer), so nothing can change between the check and the use.
+rename): the line `HQBLOB2 <HMAC-SHA256 of the payload>` and the payload.
+The key is 32 random bytes made on first use, 0600, in the running user's
+own home (dirs.key_dir: from the password database, so `sudo -E` cannot
+point it elsewhere).  Reading gives the payload only when the file is a
+regular file of the running user's, writable by no one else, in a checked
+directory (dirs.py), and its payload carries the key's MAC: so content that
+another user wrote, even into a directory root owns (a library checkout,
+anything root unpacked for someone), never passes.  Anything else
+(truncated, damaged, swapped, foreign) is deleted and reads as missing, so
+the caller rebuilds it.  Callers load what they get from memory (libbpf's
+open_mem, a memfd for the event printer), so nothing can change between the
+check and the use.
 
 Writing never fails the caller: a read-only or full cache turns caching off
 with one warning (dirs.warn) and the caller goes on with what it built.
@@ -15,6 +20,7 @@ with one warning (dirs.warn) and the caller goes on with what it built.
 from __future__ import annotations
 
 import os
+from _operator import _compare_digest as _same  # hmac.compare_digest, without importing hmac
 
 from hookql.cache import dirs
 
@@ -26,9 +32,63 @@ except ImportError:  # Python 3.12+ names it _sha2; elsewhere hashlib
     except ImportError:
         from hashlib import sha256
 
-MAGIC = b"HQBLOB1 "
+MAGIC = b"HQBLOB2 "
 _HEADER = len(MAGIC) + 64 + 1
 _write_failed = False
+_pads: tuple[bytes, bytes] | None = None
+
+
+def _mac(payload: bytes) -> bytes | None:
+    """HMAC-SHA256 (RFC 2104) of payload under the user's cache key, as hex; None without a key."""
+    global _pads
+    if _pads is None:
+        key = _key()
+        if key is None:
+            return None
+        block = key.ljust(64, b"\0")
+        _pads = bytes(b ^ 0x36 for b in block), bytes(b ^ 0x5C for b in block)
+    inner = sha256(_pads[0] + payload).digest()
+    return sha256(_pads[1] + inner).hexdigest().encode()
+
+
+def _key() -> bytes | None:
+    try:
+        d = dirs.key_dir()
+    except dirs.CacheError as exc:
+        dirs.warn(str(exc))
+        return None
+    path = os.path.join(d, "key")
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        except FileNotFoundError:
+            try:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+            except FileExistsError:
+                continue  # another process made it: read theirs
+            except OSError as exc:
+                dirs.warn(f"cannot create the cache key {path}: {exc.strerror}")
+                return None
+            try:
+                key = os.urandom(32)
+                os.write(fd, key)
+                return key
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            dirs.warn(f"cannot read the cache key {path}: {exc.strerror}")
+            return None
+        try:
+            ok = dirs.trusted_file(fd, path) and not os.fstat(fd).st_mode & 0o077
+            key = os.read(fd, 64) if ok else b""
+        finally:
+            os.close(fd)
+        if len(key) != 32:
+            dirs.warn(f"the cache key {path} is not safe (another user can read or write it, or it is damaged); "
+                      f"delete it")
+            return None
+        return key
+    return None
 
 
 def _dir(kind: str) -> str | None:
@@ -60,7 +120,8 @@ def get(kind: str, name: str) -> bytes | None:
         _discard(path)
         return None
     payload = data[_HEADER:]
-    if sha256(payload).hexdigest().encode() != data[len(MAGIC):_HEADER - 1]:
+    mac = _mac(payload)
+    if mac is None or not _same(mac, data[len(MAGIC):_HEADER - 1]):
         _discard(path)
         return None
     return payload
@@ -72,7 +133,8 @@ def put(kind: str, name: str, payload: bytes) -> str | None:
     if _write_failed:
         return None
     d = _dir(kind)
-    if d is None:
+    mac = _mac(payload) if d is not None else None
+    if mac is None:
         return None
     path = os.path.join(d, name)
     tmp = f"{path}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
@@ -80,7 +142,7 @@ def put(kind: str, name: str, payload: bytes) -> str | None:
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         try:
             with os.fdopen(fd, "wb", closefd=False) as f:
-                f.write(MAGIC + sha256(payload).hexdigest().encode() + b"\n")
+                f.write(MAGIC + mac + b"\n")
                 f.write(payload)
         finally:
             os.close(fd)

@@ -47,23 +47,41 @@ def state_base() -> str:
 
 
 def private(top: str, *parts: str) -> str:
-    """top/parts, created 0700 and checked as the cache is; CacheError when it may not be used."""
+    """The real path of top/parts, created 0700 and checked as the cache is; CacheError when it may not be
+    used.  Callers use the real path returned, never `top` again: every directory on it is root's or
+    ours and writable by nobody else, so no one else can redirect it later."""
     path = os.path.join(top, *parts)
     if path in _verified:
-        return path
+        return _verified[path]
     euid = os.geteuid()
     if top not in _verified:
-        _check_ancestors(os.path.dirname(top), euid, top)
+        real_top = trusted_path(top, euid, top)
         try:
-            os.makedirs(os.path.dirname(top), 0o700, exist_ok=True)
+            os.makedirs(os.path.dirname(real_top), 0o700, exist_ok=True)
         except OSError as exc:
-            raise CacheError(f"cannot create the directory {os.path.dirname(top)}: {exc.strerror}") from None
-        _own_dir(top, euid, top)
-        _verified[top] = top
-    for i in range(len(parts)):
-        _own_dir(os.path.join(top, *parts[:i + 1]), euid, top)
-    _verified[path] = path
-    return path
+            raise CacheError(f"cannot create the directory {os.path.dirname(real_top)}: {exc.strerror}") from None
+        if trusted_path(top, euid, top) != real_top:  # anything changed while we created it
+            raise CacheError(f"{top} changed while HookQL was checking it; try again")
+        _own_dir(real_top, euid, top)
+        _verified[top] = real_top
+    real = _verified[top]
+    for part in parts:
+        real = os.path.join(real, part)
+        _own_dir(real, euid, top)
+    _verified[path] = real
+    return real
+
+
+def key_dir() -> str:
+    """Where the key that signs cache entries lives (blobs.py): under the running user's home from the
+    password database, not $HOME or XDG_CACHE_HOME, which `sudo -E` keeps from another user; a user
+    without a usable home keeps it in the cache itself."""
+    import pwd
+
+    try:
+        return private(os.path.join(pwd.getpwuid(os.geteuid()).pw_dir, ".cache", "hookql"))
+    except (KeyError, CacheError):
+        return require()
 
 
 def usable(*parts: str) -> str | None:
@@ -104,32 +122,76 @@ def _fix_hint(euid: int) -> str:
     return f"set {where} to a directory only you can write"
 
 
-def _check_ancestors(parent: str, euid: int, target: str) -> None:
-    """Every directory above the cache, on its real path: root's or ours, and writable by nobody else
-    (a sticky directory like /tmp is fine: others cannot rename what we own in it)."""
-    try:
-        real = os.path.realpath(parent)
-    except OSError as exc:
-        raise CacheError(f"{target}: {exc.strerror}") from None
-    d = real
-    while True:
+def trusted_file_path(path: str) -> str:
+    """The real path of an existing file HookQL will run or read as trusted (clang): every directory and
+    link on the way passes trusted_path's checks, and the file is root's or ours, writable by nobody else."""
+    euid = os.geteuid()
+    real = trusted_path(path, euid, path, leaf=True, hint="use one that only root can change")
+    st = os.stat(real)
+    if st.st_uid not in (0, euid):
+        raise CacheError(f"{path} is not safe to run: {real} is owned by {_who(st.st_uid)}, who could make "
+                         "HookQL run anything")
+    if st.st_mode & 0o022:
+        raise CacheError(f"{path} is not safe to run: {real} is writable by others (mode {st.st_mode & 0o7777:o})")
+    return real
+
+
+def trusted_path(path: str, euid: int, target: str, leaf: bool = False, hint: str | None = None) -> str:
+    """The real path of `path`, resolved one component at a time from /: every directory passed through
+    must be root's or ours and writable by nobody else (a sticky directory such as /tmp may be, but then
+    what we pass through in it must be root's or ours), and so must every symbolic link's directory:
+    nothing on the way can be changed by another user.  Components that do not exist yet are kept as
+    written (we create them).  CacheError names the first one that fails."""
+    hint = hint or _fix_hint(euid)
+    pending = [p for p in reversed(os.path.abspath(path).split("/")) if p]
+    cur, shared, hops = "/", False, 0
+    _trusted_dir(cur, os.stat(cur), euid, target, hint)
+    while pending:
+        name = pending.pop()
+        if name == ".":
+            continue
+        if name == "..":
+            cur = os.path.dirname(cur)  # cur has no links in it: its parent is the real one
+            continue
+        nxt = os.path.join(cur, name)
         try:
-            st = os.stat(d)
+            st = os.lstat(nxt)
         except FileNotFoundError:
-            st = None  # made below, by us
+            return os.path.join(nxt, *reversed(pending))
         except OSError as exc:
-            raise CacheError(f"{target}: cannot inspect {d}: {exc.strerror}") from None
-        if st is not None:
-            if st.st_uid not in (0, euid):
-                raise CacheError(f"{target} is not safe: {d} is owned by {_who(st.st_uid)}, "
-                                 f"who could replace what HookQL loads; {_fix_hint(euid)}")
-            if st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX:
-                raise CacheError(f"{target} is not safe: {d} is writable by others "
-                                 f"(mode {stat.S_IMODE(st.st_mode):o}); {_fix_hint(euid)}")
-        up = os.path.dirname(d)
-        if up == d:
-            return
-        d = up
+            raise CacheError(f"{target}: cannot inspect {nxt}: {exc.strerror}") from None
+        if shared and st.st_uid not in (0, euid):  # in /tmp: another user's entry, which they can swap
+            raise CacheError(f"{target} is not safe: {nxt} is owned by {_who(st.st_uid)}, who could replace "
+                             f"what HookQL loads; {hint}")
+        if stat.S_ISLNK(st.st_mode):
+            hops += 1
+            if hops > 40:
+                raise CacheError(f"{target}: too many levels of symbolic links")
+            link = os.readlink(nxt)
+            pending.extend(p for p in reversed(link.split("/")) if p)
+            if link.startswith("/"):
+                cur, shared = "/", False
+            continue
+        if not stat.S_ISDIR(st.st_mode):
+            if leaf and not pending:
+                return nxt  # the file itself: trusted_file_path checks it
+            raise CacheError(f"{target}: {nxt} is not a directory")
+        shared = _trusted_dir(nxt, st, euid, target, hint)
+        cur = nxt
+    return cur
+
+
+def _trusted_dir(d: str, st: os.stat_result, euid: int, target: str, hint: str) -> bool:
+    """d may be passed through (CacheError if not); True when it is a sticky directory others can write."""
+    if st.st_uid not in (0, euid):
+        raise CacheError(f"{target} is not safe: {d} is owned by {_who(st.st_uid)}, "
+                         f"who could replace what HookQL loads; {hint}")
+    if st.st_mode & 0o022:
+        if not st.st_mode & stat.S_ISVTX:
+            raise CacheError(f"{target} is not safe: {d} is writable by others "
+                             f"(mode {stat.S_IMODE(st.st_mode):o}); {hint}")
+        return True
+    return False
 
 
 def _own_dir(d: str, euid: int, top: str) -> None:

@@ -37,7 +37,7 @@ def add(args) -> int:
     new_text, new_root = M.add_dependency(root.path, text, args.name, args.git, args.version)
     libs = _install(new_root, write=False)
     M.write_atomic(root.path, new_text)
-    print(f"added {args.name} ({show(args.version)}) to {root.path}", file=sys.stderr)
+    print(f"added {args.name} ({show(args.version)}) to {show(root.path)}", file=sys.stderr)
     L.write_lock(new_root, libs)
     _report(libs, new_root)
     return 0
@@ -65,11 +65,11 @@ def list_(args) -> int:
         print(f"no {L.LOCK}: run `hookql lib install`", file=sys.stderr)
         return 1
     for lib in current[0].values():
-        print(f"{lib.name} {lib.version}  {lib.git}@{lib.commit[:12]}")
+        print(f"{show(lib.name)} {show(lib.version)}  {show(lib.git)}@{show(lib.commit[:12])}")
     return 0
 
 
 def _report(libs, root) -> None:
     for lib in libs.values():
-        print(f"  {lib.name} {lib.version} ({lib.commit[:12]})", file=sys.stderr)
-    print(f"{len(libs)} librar{'y' if len(libs) == 1 else 'ies'} locked in {root.root / L.LOCK}", file=sys.stderr)
+        print(f"  {show(lib.name)} {show(lib.version)} ({show(lib.commit[:12])})", file=sys.stderr)
+    print(f"{len(libs)} librar{'y' if len(libs) == 1 else 'ies'} locked in {show(root.root / L.LOCK)}", file=sys.stderr)

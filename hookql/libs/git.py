@@ -65,15 +65,34 @@ def _clean(text: str) -> str:
     return "".join(c if c.isprintable() or c in "\n\t" else "?" for c in text).strip()
 
 
+# a hooks path or fsmonitor from any config git still reads would run a program as us
+_NO_HOOKS = ["-c", "core.hooksPath=/dev/null", "-c", "core.fsmonitor=false"]
+# what git may see of our environment: nothing that configures it (GIT_*, a HOME or XDG_CONFIG_HOME that
+# `sudo -E` kept from a user, whose .gitconfig could set hooks, sshCommand, fsmonitor...)
+_KEEP = ("PATH", "LANG", "LC_ALL", "LC_CTYPE", "TZ", "SSH_AUTH_SOCK", "http_proxy", "https_proxy", "no_proxy",
+         "HTTP_PROXY", "HTTPS_PROXY", "NO_PROXY")
+
+
+def _environment() -> dict[str, str]:
+    """An allowlisted environment; HOME is the running user's own (from the password database, not
+    $HOME), so root's git and ssh read root's configuration and keys, never a user's."""
+    import pwd
+
+    env = {k: os.environ[k] for k in _KEEP if k in os.environ}
+    try:
+        env["HOME"] = pwd.getpwuid(os.geteuid()).pw_dir
+    except KeyError:
+        env["HOME"] = "/nonexistent"
+    env.update(GIT_TERMINAL_PROMPT="0", GIT_ALLOW_PROTOCOL=":".join(SCHEMES))
+    return env
+
+
 def run(*args: str, cwd: str | Path | None = None) -> str:
     """git ARGS; without cwd, in / so that no repository around the project (its .git/config could set
     core.sshCommand) takes part."""
-    env = dict(os.environ, GIT_TERMINAL_PROMPT="0", GIT_ALLOW_PROTOCOL=":".join(SCHEMES))
-    for var in ("GIT_PROTOCOL_FROM_USER", "GIT_DIR", "GIT_WORK_TREE", "GIT_CONFIG_PARAMETERS"):
-        env.pop(var, None)
     try:
-        r = subprocess.run(["git", *_PROTOCOLS, *args], cwd=cwd or "/", env=env, stdin=subprocess.DEVNULL,
-                           capture_output=True, text=True, errors="replace")
+        r = subprocess.run(["git", *_PROTOCOLS, *_NO_HOOKS, *args], cwd=cwd or "/", env=_environment(),
+                           stdin=subprocess.DEVNULL, capture_output=True, text=True, errors="replace")
     except OSError as exc:
         raise InstallError(f"cannot run git: {exc.strerror}; install git") from None
     if r.returncode != 0:
@@ -110,5 +129,5 @@ def clone(url: str, commit: str, work: str) -> None:
     if not check_commit(commit):
         raise InstallError(f"'{show(commit)}' is not a commit id")
     # --no-local: a local path goes through git's transport too, not a copy of its .git
-    run("clone", "-q", "--no-local", "--no-checkout", "--", url, work)
+    run("clone", "-q", "--no-local", "--no-checkout", "--template=", "--", url, work)
     run("checkout", "-q", "--detach", commit, "--", cwd=work)

@@ -13,7 +13,7 @@ import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from hookql.libs import git, store
+from hookql.libs import confine, git, store
 from hookql.libs import manifest as M
 from hookql.libs.errors import InstallError
 from hookql.libs.semver import Version
@@ -66,13 +66,16 @@ def read_lock(root: M.Manifest) -> tuple[dict[str, Locked], str] | None:
     if not path.is_file():
         return None
     try:
-        data = tomllib.loads(path.read_text())
+        data = tomllib.loads(confine.read_text(path, path.parent))  # never through a link to elsewhere
         libs = {}
         for d in data.get("library", []):
             lib = Locked(d["name"], d["version"], d["git"], d["commit"], d["hash"],
                          list(d.get("dependencies", [])), d.get("kernel"))
             _check(lib)
             libs[lib.name] = lib
+    except confine.Outside:
+        raise InstallError(f"{path} is a symbolic link to outside the project; HookQL does not read through it: "
+                           "make it a regular file (`hookql lib install` writes it)") from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # TOMLDecodeError is a ValueError
         raise InstallError(f"{path} is damaged ({exc}); run `hookql lib install` to write it again") from None
     return libs, data.get("manifest", "")
@@ -86,9 +89,10 @@ def _check(lib: Locked) -> None:
         raise ValueError(f"library {lib.name}: its git URL {git.check_url(lib.git)}")
     if not git.check_commit(lib.commit):
         raise ValueError(f"library {lib.name}: its commit is not a commit id")
-    Version.parse(lib.version)
-    if lib.kernel is not None:
-        Version.parse(lib.kernel)
+    if str(Version.parse(lib.version)) != lib.version:  # exactly as install writes it (no stray characters)
+        raise ValueError(f"library {lib.name}: its version is not MAJOR.MINOR.PATCH")
+    if lib.kernel is not None and str(Version.parse(lib.kernel)) != lib.kernel:
+        raise ValueError(f"library {lib.name}: its kernel is not MAJOR.MINOR.PATCH")
     if not isinstance(lib.hash, str) or not all(isinstance(d, str) for d in lib.dependencies):
         raise ValueError(f"library {lib.name}: hash and dependencies must be strings")
 

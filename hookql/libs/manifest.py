@@ -69,10 +69,11 @@ def load(path: Path, inside: Path | None = None) -> Manifest:
     """Read and check a hookql.toml; with `inside`, its real path must be in that directory (a library's
     manifest may not be a link to a file elsewhere)."""
     try:
-        text = confine.read_text(path, inside) if inside is not None else path.read_text()
+        text = confine.read_text(path, inside if inside is not None else path.parent)
     except confine.Outside as exc:
-        raise ManifestError(f"cannot read {path}: it is a symbolic link to outside its library {exc.root}; "
-                            "a library's files must be inside it") from None
+        where = f"its library {exc.root}" if inside is not None else "its directory"
+        raise ManifestError(f"cannot read {path}: it is a symbolic link to outside {where}; "
+                            "make it a regular file") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ManifestError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
     return loads(text, path)
@@ -176,13 +177,15 @@ def write_atomic(path: Path, text: str) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
+            # on the descriptor, never by name: another user who can write this directory could have put
+            # a symbolic link in the temporary file's place, and root would chmod/chown its target
+            if st is not None:
+                os.fchmod(f.fileno(), stat.S_IMODE(st.st_mode))
+                if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
+                    os.fchown(f.fileno(), st.st_uid, st.st_gid)  # root editing a user's project leaves it theirs
+            else:
+                os.fchmod(f.fileno(), 0o644 & ~_umask())
             os.fsync(f.fileno())
-        if st is not None:
-            os.chmod(tmp, stat.S_IMODE(st.st_mode))
-            if os.geteuid() == 0 and (st.st_uid, st.st_gid) != (0, 0):
-                os.chown(tmp, st.st_uid, st.st_gid)  # root editing a user's project leaves it theirs
-        else:
-            os.chmod(tmp, 0o644 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
         try:
