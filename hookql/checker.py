@@ -7,6 +7,8 @@ failed sub-expression types as None so it is reported once, not cascaded.
 from __future__ import annotations
 
 import difflib
+import ipaddress
+import operator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -26,6 +28,14 @@ _ARITH = {"+", "-", "*", "/", "%", "&", "|", "^", "<<", ">>"}
 _ORDER = {"<", "<=", ">", ">="}
 _ONE_VALUE = {"sum", "avg", "min", "max", "hist"}
 MAX_LHIST_BUCKETS = 1000
+# Limits the README ("The language") documents; past each one the checker reports an error naming it.
+MAX_SET_ELEMENTS = 1024  # `x in {...}` becomes one comparison per element; 1024 addresses build in ~12 s
+MAX_DEF_DEPTH = 32  # a def using a def using a def ...
+MAX_INLINED = 100_000  # terms the defs used in one clause put into it (each use inlines its def's body)
+MAX_CONST_DEPTH = 64  # a constant defined through a constant defined through ...
+MAX_CHECK_DEPTH = 150  # nesting levels once defs are expanded (the parser allows 64 in the text)
+INT_MIN, INT_MAX = -(1 << 63), (1 << 64) - 1  # integers are 64-bit; above 2**63 - 1 they are unsigned
+_MAPPED = ipaddress.ip_network("::ffff:0:0/96")  # IPv4 as the program stores it: ::ffff:a.b.c.d
 
 
 @dataclass(frozen=True)
@@ -257,6 +267,12 @@ class _Consts:
             self.diags.error(use_span or self.decls[name].name_span, f"constant '{name}' is defined in terms of itself ({cycle})")
             self.failed.add(name)
             return None
+        if len(self._active) >= MAX_CONST_DEPTH:
+            self.diags.error(use_span or self.decls[name].name_span,
+                             f"constant '{name}' is defined through more than {MAX_CONST_DEPTH} other constants",
+                             f"at most {MAX_CONST_DEPTH} constants deep: write some of them as literals")
+            self.failed.add(name)
+            return None
         self._active.append(name)
         decl = self.decls[name]
         value = _ConstEval(self).eval(decl.value)
@@ -283,6 +299,37 @@ class _ConstEval:
         return r
 
     def _eval(self, e: n.Expr):
+        if isinstance(e, n.Binary) and isinstance(e.left, n.Binary):
+            return self._chain(e)
+        return self._eval1(e)
+
+    def _chain(self, e: n.Binary):
+        """`1 + 2 + 3 ...`: the chain along the left operands, without recursion."""
+        x, spine = _left_spine(e)
+        left = self.eval(x)
+        for b in spine:
+            left = self._binary(b, left)
+            if left is not None:
+                b.ty = left[0]
+        return left
+
+    def _binary(self, e: n.Binary, l):
+        if l is None and isinstance(e.left, n.Binary):
+            return None  # a chain already reported where it went wrong
+        if e.op not in _ARITH:
+            self.diags.error(e.span, "a constant must be a value known before anything loads",
+                             "use literals, other constants and + - * / % & | ^ << >> on them")
+            return None
+        r = self.eval(e.right)
+        if l is None or r is None:
+            return None
+        if not (l[0].is_int and r[0].is_int):
+            self.diags.error(e.op_span, f"'{e.op}' needs integers, not {l[0]} and {r[0]}")
+            return None
+        v = _fold_checked(e, l[1], r[1], self.diags)
+        return None if v is None else (T.LITERAL_INT, v)
+
+    def _eval1(self, e: n.Expr):
         if isinstance(e, n.IntLit):
             return T.LITERAL_INT, e.value
         if isinstance(e, n.DurationLit):
@@ -296,22 +343,35 @@ class _ConstEval:
             if any(i is None for i in items):
                 return None
             elem = _set_elem_type(e, items, self.diags)
-            return (T.set_of(elem), frozenset(v for _, v in items)) if elem else None
+            if elem is None:
+                return None
+            values = frozenset(v for _, v in items)
+            if len(values) > MAX_SET_ELEMENTS:
+                self.diags.error(e.span, f"a set holds at most {MAX_SET_ELEMENTS} elements; this one has {len(values)}",
+                                 "each element is one comparison in the program: split the set, or use a network "
+                                 "(`daddr in 10.0.0.0/8`) or a range (`dport >= 1000 and dport < 2000`)")
+                return None
+            return T.set_of(elem), values
         if isinstance(e, n.Name):
             sym = self.consts.get(e.id, e.span)
             if sym is None and e.id not in self.consts.decls:
                 kc = C.lookup(e.id, self.consts.checker.kernel.btf)
                 if kc is not None:
+                    e.symbol = ConstSymbol(kc.name, kc.ty, kc.value, kc.origin)  # what the lowering reads
                     return kc.ty, kc.value
                 self.diags.error(e.span, f"unknown constant '{e.id}'",
                                  _did_you_mean(e.id, list(self.consts.decls)) or
                                  "a constant's value must be known before anything loads: literals, "
                                  "other constants and kernel constants (AF_INET, IPPROTO_TCP...)")
                 return None
+            if sym is not None:
+                e.symbol = sym
             return (sym.ty, sym.value) if sym else None
         qual = _qualified(e)
         if isinstance(e, n.Member) and qual in self.consts.decls:
             sym = self.consts.get(qual, e.span)
+            if sym is not None:
+                e.path = sym  # as the clause checker resolves a qualified constant
             return (sym.ty, sym.value) if sym else None
         if isinstance(e, n.Unary) and e.op in ("-", "~"):
             v = self.eval(e.operand)
@@ -320,26 +380,48 @@ class _ConstEval:
             if not v[0].is_int:
                 self.diags.error(e.span, f"'{e.op}' needs an integer, not {v[0]}")
                 return None
-            return T.LITERAL_INT, (-v[1] if e.op == "-" else ~v[1])
+            value = _fits(e, -v[1] if e.op == "-" else ~v[1], self.diags)
+            return None if value is None else (T.LITERAL_INT, value)
         if isinstance(e, n.Binary) and e.op in _ARITH:
-            l, r = self.eval(e.left), self.eval(e.right)
-            if l is None or r is None:
-                return None
-            if not (l[0].is_int and r[0].is_int):
-                self.diags.error(e.op_span, f"'{e.op}' needs integers, not {l[0]} and {r[0]}")
-                return None
-            if e.op in ("/", "%") and r[1] == 0:
-                self.diags.error(e.right.span, "division by zero")
-                return None
-            return T.LITERAL_INT, _fold(e.op, l[1], r[1])
+            return self._binary(e, self.eval(e.left))
         self.diags.error(e.span, "a constant must be a value known before anything loads",
                          "use literals, other constants and + - * / % & | ^ << >> on them")
         return None
 
 
-def _fold(op: str, a: int, b: int) -> int:
-    return {"+": a + b, "-": a - b, "*": a * b, "/": int(a / b) if b else 0, "%": a % b if b else 0,
-            "&": a & b, "|": a | b, "^": a ^ b, "<<": a << min(b, 64), ">>": a >> min(b, 64)}[op]
+def _fold_checked(e: n.Binary, a: int, b: int, diags: Diagnostics) -> int | None:
+    """e's value from its operands' (a op b, as C computes it), or None after reporting at the operator
+    why it has none: a division by zero, a shift by a negative count or by 64 or more, a result wider
+    than 64 bits."""
+    op = e.op
+    if op in ("/", "%") and b == 0:
+        diags.error(e.op_span, f"{'division' if op == '/' else 'remainder'} by zero: {_text(e.right)} is 0",
+                    "the right side of '/' and '%' must not be 0")
+        return None
+    if op in ("<<", ">>") and not 0 <= b < 64:
+        diags.error(e.op_span, f"shift by {b}: {'a negative count' if b < 0 else 'integers are 64-bit'}",
+                    "shift by 0 to 63")
+        return None
+    if op in ("/", "%"):
+        q = abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)  # C truncates toward zero
+        v = q if op == "/" else a - b * q
+    else:
+        v = _INT_OPS[op](a, b)
+    return _fits(e, v, diags)
+
+
+_INT_OPS = {"+": operator.add, "-": operator.sub, "*": operator.mul, "&": operator.and_, "|": operator.or_,
+            "^": operator.xor, "<<": operator.lshift, ">>": operator.rshift}
+
+
+def _fits(e: n.Expr, v: int, diags: Diagnostics) -> int | None:
+    if INT_MIN <= v <= INT_MAX:
+        return v
+    shown = str(v) if len(str(v)) <= 40 else f"about 2**{v.bit_length()}"
+    span = e.op_span if isinstance(e, n.Binary) else e.span
+    diags.error(span, f"{_text(e)} is {shown}, which does not fit in 64 bits",
+                f"integers are 64-bit: from {INT_MIN} to {INT_MAX}")
+    return None
 
 
 def _ip_lit(e: n.IpLit, diags: Diagnostics):
@@ -373,6 +455,16 @@ class _ClauseChecker:
         self.diags = diags
         self.hook: Hook | None = None
         self.expanding: list[str] = []
+        self.depth = 0  # expr() levels open now
+        self.known: dict[int, object] = {}  # id(expression) -> its value, for expressions known at check time
+        # a def's expansion per (def, arguments' shape): a def used twice with the same arguments is
+        # expanded and checked once, and both uses share it
+        self.expansions: dict[tuple, n.Expr] = {}
+        self.inlined: dict[int, int] = {}  # id(expansion) -> terms it puts into the program once inlined
+        self.total_inlined = 0
+        self.inline_reported = False
+        self._hold: list[n.Expr] = []
+        self.warned: set[int] = set()  # comparisons already reported as constant
 
     def run(self) -> None:
         c = self.clause
@@ -391,6 +483,10 @@ class _ClauseChecker:
             if t is not None and t.kind != "bool":
                 self.diags.error(c.where.span, f"a filter must be true or false, but {_is(c.where, t)}",
                                  "compare it, e.g. `... != 0`")
+            elif t is not None and isinstance(self.known.get(id(c.where)), bool) and id(c.where) not in self.warned:
+                fires = "true: the clause always fires" if self.known[id(c.where)] else "false: the clause never fires"
+                self.diags.warning(c.where.span, f"this filter is known before anything runs: it is always {fires}",
+                                   "filter on fields, e.g. `where comm == \"curl\"`")
         if not c.actions:
             self.diags.warning(c.span, f"{c.probe.text} has no actions: it would attach and record nothing",
                                "add an action such as `count by comm`")
@@ -437,6 +533,9 @@ class _ClauseChecker:
                 self.diags.error(arg.span, f"lhist {what} must be an integer constant, not {r[0]}")
                 return
             vals.append(r[1])
+        for i, v in enumerate(vals, 1):  # the program takes the values themselves
+            a.args[i] = lit = n.IntLit(a.args[i].span, v)
+            lit.ty = T.LITERAL_INT
         lo, hi, step = vals
         if step <= 0:
             self.diags.error(a.args[3].span, f"lhist STEP must be positive, got {step}")
@@ -469,9 +568,17 @@ class _ClauseChecker:
             return
         a.value = v
 
+    def value_not_constant(self, e: n.Expr, t: Type | None, where: str) -> bool:
+        """Strings and addresses are read from the event: a constant one as a key or value is an error."""
+        if t is not None and t.kind in ("str", "addr") and self.constant(e) is not None:
+            self.diags.error(e.span, f"cannot use the constant {_describe(e, t)} in {where}: every event would "
+                             "have the same value", "use a field, e.g. `count by comm` or `emit daddr`")
+            return True
+        return False
+
     def scalar(self, e: n.Expr, where: str) -> None:
         t = self.expr(e)
-        if t is None:
+        if t is None or self.value_not_constant(e, t, "`by`" if where == "by" else "emit"):
             return
         if t.kind in ("struct", "opaque"):
             self.diags.error(e.span, f"cannot use {_describe(e, t)} as {'a key' if where == 'by' else 'a value'}",
@@ -481,9 +588,57 @@ class _ClauseChecker:
 
     # -- expressions --
     def expr(self, e: n.Expr) -> Type | None:
-        t = self._expr(e)
+        if self.depth >= MAX_CHECK_DEPTH:
+            self.diags.error(e.span, f"expression nested too deeply: more than {MAX_CHECK_DEPTH} levels "
+                             "once defs are expanded", "nest less: a def's body is checked where it is used")
+            e.ty = None
+            return None
+        self.depth += 1
+        try:
+            t = self.chain(e) if isinstance(e, n.Binary) else self._expr(e)
+        finally:
+            self.depth -= 1
         e.ty = t
         return t
+
+    def chain(self, e: n.Binary) -> Type | None:
+        """A binary operator and the chain along its left operands (`a or b or c ...`, `x + y + z ...`):
+        walked without recursion, so a chain of 10,000 terms is one level."""
+        x, spine = _left_spine(e)
+        lt = self.expr(x)
+        for b in spine:
+            rt = self.expr(b.right)
+            lt = self.binary(b, lt, rt)
+            b.ty = lt
+        return lt
+
+    def remember(self, e: n.Expr, value) -> None:
+        self.known[id(e)] = value
+        self._hold.append(e)  # known is keyed by id: the node must outlive the check
+
+    def constant(self, e: n.Expr):
+        """e's value if it is known at check time (literals, constants and what is computed from them
+        only), else None.  Addresses are ipaddress objects, networks ip_network, sets frozensets."""
+        if id(e) in self.known:
+            return self.known[id(e)]
+        if isinstance(e, n.IntLit):
+            return e.value
+        if isinstance(e, n.DurationLit):
+            return e.nanoseconds
+        if isinstance(e, n.StrLit):
+            return e.value
+        if isinstance(e, n.IpLit) and e.network is not None:
+            return e.network if e.is_cidr else e.network.network_address
+        sym = e.symbol if isinstance(e, n.Name) else e.path if isinstance(e, n.Member) else None
+        if isinstance(sym, ConstSymbol):
+            return sym.value
+        if isinstance(e, n.SetLit):
+            values = [self.constant(i) for i in e.items]
+            if any(v is None for v in values):  # items such as -1 are folded only with the whole set
+                r = _ConstEval(self.consts).eval(e)
+                return r[1] if r is not None and isinstance(r[1], frozenset) else None
+            return frozenset(values)
+        return None
 
     def _expr(self, e: n.Expr) -> Type | None:
         if isinstance(e, (n.IntLit, n.DurationLit, n.StrLit, n.IpLit, n.SetLit)):
@@ -522,14 +677,43 @@ class _ClauseChecker:
         if qual in self.expanding:
             self.diags.error(e.span, f"{qual}() uses itself ({' -> '.join(self.expanding + [qual])})")
             return None
-        e.expansion = _substitute(d.body, dict(zip(d.params, e.args)))
-        self.diags.context.append(Diagnostic("note", e.span, f"in {qual}(...), used here"))
-        self.expanding.append(qual)
-        try:
-            return self.expr(e.expansion)
-        finally:
-            self.expanding.pop()
-            self.diags.context.pop()
+        if len(self.expanding) >= MAX_DEF_DEPTH:
+            self.diags.error(e.span, f"defs nested more than {MAX_DEF_DEPTH} deep "
+                             f"({' -> '.join(self.expanding[:3] + ['...'] + self.expanding[-2:] + [qual])})",
+                             f"at most {MAX_DEF_DEPTH} defs, each used in the next")
+            return None
+        key = (qual, tuple(_shape(a) for a in e.args))
+        shared = self.expansions.get(key)
+        if shared is not None:  # the same def with the same arguments: one expansion, checked once
+            e.expansion = shared
+            t = shared.ty
+        else:
+            e.expansion = _substitute(d.body, dict(zip(d.params, e.args)))
+            self.expansions[key] = e.expansion
+            self.diags.context.append(Diagnostic("note", e.span, f"in {qual}(...), used here"))
+            self.expanding.append(qual)
+            try:
+                t = self.expr(e.expansion)
+            finally:
+                self.expanding.pop()
+                self.diags.context.pop()
+            self.inlined[id(e.expansion)] = _inlined_size(e.expansion, self.inlined)
+        if id(e.expansion) in self.known:
+            self.remember(e, self.known[id(e.expansion)])
+        if t is None:
+            return None
+        size = self.inlined.get(id(e.expansion), 0)
+        if not self.expanding:  # a use in the clause itself: it puts the whole expansion in
+            self.total_inlined += size
+        if (size > MAX_INLINED or self.total_inlined > MAX_INLINED) and not self.inline_reported:
+            self.inline_reported = True
+            what = f"{qual}(...) inlines {size} terms" if size > MAX_INLINED else \
+                f"the defs used in this clause inline {self.total_inlined} terms in all"
+            self.diags.error(e.span, f"{what}; at most {MAX_INLINED}",
+                             "each use of a def inlines its body, so a def that uses another twice doubles it: "
+                             "use fewer levels of such defs")
+            return None
+        return t
 
     def name(self, e: n.Name) -> Type | None:
         h = self.hook
@@ -624,19 +808,28 @@ class _ClauseChecker:
         t = self.expr(e.operand)
         if t is None:
             return None
+        v = self.known.get(id(e.operand))
         if e.op in ("not", "!"):
             if t.kind != "bool":
                 self.diags.error(e.operand.span, f"'not' needs a condition, but {_is(e.operand, t)}",
                                  "compare it first, e.g. `not (x == 0)`")
                 return None
+            if isinstance(v, bool):
+                self.remember(e, not v)
             return T.BOOL
         if not t.is_int:
             self.diags.error(e.operand.span, f"'{e.op}' needs an integer, but {_is(e.operand, t)}")
             return None
+        v = self.constant(e.operand)
+        if isinstance(v, int):
+            folded = _fits(e, -v if e.op == "-" else ~v, self.diags)
+            if folded is None:
+                return None
+            self.remember(e, folded)
         return T.INT(64, True) if e.op == "-" else T.INT(t.bits, t.signed)
 
-    def binary(self, e: n.Binary) -> Type | None:
-        lt, rt = self.expr(e.left), self.expr(e.right)
+    def binary(self, e: n.Binary, lt: Type | None, rt: Type | None) -> Type | None:
+        """The type of e from its operands' (already checked)."""
         if lt is None or rt is None:
             return None
         op = e.op
@@ -646,11 +839,16 @@ class _ClauseChecker:
                     self.diags.error(side.span, f"'{op}' joins conditions, but {_is(side, t)}",
                                      "compare it, e.g. `x != 0`")
                     return None
+            a, b = self.known.get(id(e.left)), self.known.get(id(e.right))
+            if isinstance(a, bool) and isinstance(b, bool):
+                self.remember(e, (a and b) if op == "and" else (a or b))
             return T.BOOL
-        if op in ("in", "not in"):
-            return self.membership(e, lt, rt)
-        if op in ("==", "!="):
-            return self.equality(e, lt, rt)
+        if op in ("in", "not in", "==", "!=") or op in _ORDER and lt.is_int and rt.is_int:
+            t = self.membership(e, lt, rt) if op in ("in", "not in") else \
+                self.equality(e, lt, rt) if op in ("==", "!=") else self.range_check(e, lt, rt) or T.BOOL
+            if t is not None:
+                self.fold_comparison(e, lt, rt)
+            return t
         if op in _ORDER:
             if lt.is_int and rt.is_int:
                 self.range_check(e, lt, rt)
@@ -661,8 +859,14 @@ class _ClauseChecker:
             return None
         # arithmetic and bit operators
         if lt.is_int and rt.is_int:
-            if op in ("/", "%") and isinstance(e.right, n.IntLit) and e.right.value == 0:
-                self.diags.error(e.right.span, "division by zero")
+            a, b = self.constant(e.left), self.constant(e.right)
+            if isinstance(a, int) and isinstance(b, int):
+                v = _fold_checked(e, a, b, self.diags)
+                if v is None:
+                    return None
+                self.remember(e, v)
+            elif isinstance(b, int) and (op in ("/", "%") and b == 0 or op in ("<<", ">>") and not 0 <= b < 64):
+                _fold_checked(e, 0, b, self.diags)  # reports why
                 return None
             return T.INT(64, lt.signed or rt.signed)
         bad, bt = (e.left, lt) if not lt.is_int else (e.right, rt)
@@ -677,8 +881,12 @@ class _ClauseChecker:
             self.string_length_check(e, lt, rt)
             return T.BOOL
         if lt.kind == rt.kind == "addr":
-            if lt.version and rt.version and lt.version != rt.version:
-                self.diags.warning(e.op_span, f"an {lt} is never equal to an {rt}")
+            # IPv4 is stored v4-mapped (::ffff:a.b.c.d): an IPv4 value equals its mapped IPv6 form
+            for side, t, other in ((e.left, lt, rt), (e.right, rt, lt)):
+                v = self.constant(side)
+                if t.version == 6 and other.version == 4 and v is not None and v not in _MAPPED:
+                    self.diags.warning(e.op_span, f"an {other} is never equal to {_text(side)}, an IPv6 address "
+                                       "outside ::ffff:0:0/96", "IPv4 addresses compare as ::ffff:a.b.c.d")
             return T.BOOL
         if lt.kind == "ptr" and (rt.kind == "ptr" or _is_zero(e.right)) or rt.kind == "ptr" and _is_zero(e.left):
             return T.BOOL
@@ -692,13 +900,25 @@ class _ClauseChecker:
 
     def membership(self, e: n.Binary, lt: Type, rt: Type) -> Type | None:
         ok = False
+        if rt.kind in ("cidr", "set", "addr") and self.constant(e.right) is None:
+            self.diags.error(e.right.span, f"`{e.op}` needs a constant on its right, but {_text(e.right)} is read "
+                             "from the event", "compare two fields with ==, e.g. `saddr == daddr`")
+            return None
         if rt.kind == "cidr":
             ok = lt.kind == "addr"
-            if ok and lt.version and rt.version and lt.version != rt.version:
-                self.diags.warning(e.op_span, f"an {lt} is never in an {rt}")
+            net = self.constant(e.right)
+            if ok and lt.version == 4 and rt.version == 6 and not net.overlaps(_MAPPED):
+                self.diags.warning(e.op_span, f"an {lt} is never in {_text(e.right)}, an IPv6 network outside "
+                                   "::ffff:0:0/96", "IPv4 addresses compare as ::ffff:a.b.c.d")
         elif rt.kind == "set":
             el = rt.elem
             ok = (lt.is_int and el.is_int) or (lt.kind == el.kind == "str") or (lt.kind == "addr" and el.kind == "cidr")
+            if ok and lt.kind == "str" and lt.size:
+                long = sorted(v for v in self.constant(e.right) if len(v.encode()) >= lt.size)
+                if long:
+                    self.diags.warning(e.right.span, f"{_text(e.left)} holds at most {lt.size - 1} bytes; "
+                                       f"{', '.join(repr(v) for v in long[:3])}{' ...' if len(long) > 3 else ''} "
+                                       "never match", _truncation_hint(e.left))
         elif rt.kind == "addr":
             ok = lt.kind == "addr"
         else:
@@ -710,26 +930,143 @@ class _ClauseChecker:
         return T.BOOL
 
     def range_check(self, e: n.Binary, lt: Type, rt: Type) -> None:
-        """Warn when a literal cannot fit the field it is compared with."""
-        for field_t, lit in ((lt, e.right), (rt, e.left)):
-            if isinstance(lit, n.IntLit) and field_t is not T.LITERAL_INT and field_t.kind == "int":
-                lo = -(1 << (field_t.bits - 1)) if field_t.signed else 0
-                hi = (1 << (field_t.bits - (1 if field_t.signed else 0))) - 1
-                if not lo <= lit.value <= hi:
-                    other = e.left if lit is e.right else e.right
-                    self.diags.warning(lit.span, f"{lit.value} is out of range for {_text(other)}, a {field_t.bits}-bit "
-                                       f"{'signed' if field_t.signed else 'unsigned'} value ({lo}..{hi}): this comparison is constant")
+        """Warn when a constant cannot fit the (narrower than 64-bit) field it is compared with."""
+        for field_t, lit, other in ((lt, e.right, e.left), (rt, e.left, e.right)):
+            value = self.constant(lit)
+            if not isinstance(value, int) or self.constant(other) is not None or field_t.kind != "int" \
+                    or field_t.bits >= 64 or field_t.signed and value > (1 << 63) - 1:
+                continue
+            lo = -(1 << (field_t.bits - 1)) if field_t.signed else 0
+            hi = (1 << (field_t.bits - (1 if field_t.signed else 0))) - 1
+            if not lo <= value <= hi:
+                self.diags.warning(lit.span, f"{value} is out of range for {_text(other)}, a {field_t.bits}-bit "
+                                   f"{'signed' if field_t.signed else 'unsigned'} value ({lo}..{hi}): this comparison is constant")
 
     def string_length_check(self, e: n.Binary, lt: Type, rt: Type) -> None:
-        for field_t, lit in ((lt, e.right), (rt, e.left)):
-            if isinstance(lit, n.StrLit) and field_t.size and len(lit.value.encode()) >= field_t.size \
-                    and not isinstance(e.left if lit is e.right else e.right, n.StrLit):
-                other = e.left if lit is e.right else e.right
-                self.diags.warning(lit.span, f"{other.span.text} holds at most {field_t.size - 1} bytes; "
-                                   f"\"{lit.value}\" never matches", "the kernel truncates comm to 15 characters")
+        """Warn when a string constant is longer (in UTF-8 bytes) than the field it is compared with holds."""
+        for field_t, lit, other in ((lt, e.right, e.left), (rt, e.left, e.right)):
+            value = self.constant(lit)
+            if isinstance(value, str) and field_t.size and len(value.encode()) >= field_t.size \
+                    and self.constant(other) is None:
+                self.diags.warning(lit.span, f"{_text(other)} holds at most {field_t.size - 1} bytes; "
+                                   f"{_text(lit)} ({len(value.encode())} bytes) never matches", _truncation_hint(other))
+
+    def fold_comparison(self, e: n.Binary, lt: Type, rt: Type) -> None:
+        """A comparison of two constants is decided here: a warning says which way, and the program
+        gets the answer (1 == 1 or 1 == 0) instead of two values it cannot compare at run time."""
+        a, b = self.constant(e.left), self.constant(e.right)
+        if a is None or b is None:
+            return
+        result = _compare(e.op, a, b)
+        self.remember(e, result)
+        self.warned.add(id(e))
+        whole = " the clause always fires" if result else " the clause never fires"
+        self.diags.warning(e.op_span, f"{_text(e)} compares two constants: it is always {str(result).lower()}"
+                           + (f";{whole}" if e is self.clause.where else ""),
+                           "compare a field with a constant, e.g. `comm == \"curl\"`")
+        if lt.is_int and rt.is_int:
+            return  # the program compares integers as the checker does
+        self._hold += [e.left, e.right]
+        e.op, e.left, e.right = "==", n.IntLit(e.left.span, 1), n.IntLit(e.right.span, int(result))
+        e.left.ty = e.right.ty = T.LITERAL_INT
 
 
 # -- helpers -------------------------------------------------------------------
+def _truncation_hint(e: n.Expr) -> str | None:
+    if isinstance(e, n.Name) and e.id == "comm":
+        return "the kernel truncates comm to 15 bytes (UTF-8: fewer characters when they are not ASCII)"
+    return None
+
+
+def _mapped(v):
+    """An address or network as the program holds it: IPv4 as ::ffff:a.b.c.d."""
+    if isinstance(v, ipaddress.IPv4Address):
+        return ipaddress.IPv6Address(int(_MAPPED.network_address) | int(v))
+    if isinstance(v, ipaddress.IPv4Network):
+        return ipaddress.IPv6Network((int(_MAPPED.network_address) | int(v.network_address), 96 + v.prefixlen))
+    return v
+
+
+def _compare(op: str, a, b) -> bool:
+    """a op b for two constants, as the program would decide it."""
+    if op in ("in", "not in"):
+        if isinstance(b, frozenset):
+            a = _mapped(a)
+            hit = any(a in _mapped(x) if isinstance(x, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+                      else _mapped(x) == a for x in b)
+        elif isinstance(b, (ipaddress.IPv4Network, ipaddress.IPv6Network)):
+            hit = _mapped(a) in _mapped(b)
+        else:
+            hit = _mapped(a) == _mapped(b)
+        return hit if op == "in" else not hit
+    if isinstance(a, int) and isinstance(b, int):
+        if a > (1 << 63) - 1 or b > (1 << 63) - 1:  # C compares an unsigned 64-bit operand as unsigned
+            a, b = a % (1 << 64), b % (1 << 64)
+    else:
+        a, b = _mapped(a), _mapped(b)
+    return {"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b, ">=": a >= b}[op]
+
+
+def _shape(e: n.Expr) -> tuple:
+    """The structure of an expression (kinds, operators, names, values), without positions, as a key."""
+    out: list = []
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        if isinstance(x, n.Binary):
+            out.append(("b", x.op))
+            todo += [x.right, x.left]
+        elif isinstance(x, n.Unary):
+            out.append(("u", x.op))
+            todo.append(x.operand)
+        elif isinstance(x, n.Member):
+            out.append(("m", x.name))
+            todo.append(x.obj)
+        elif isinstance(x, n.Call):
+            out.append(("c", len(x.args)))
+            todo += [*reversed(x.args), x.func]
+        elif isinstance(x, n.SetLit):
+            out.append(("s", len(x.items)))
+            todo += reversed(x.items)
+        elif isinstance(x, n.Name):
+            out.append(("n", x.id))
+        elif isinstance(x, n.IpLit):
+            out.append(("ip", x.text))
+        elif isinstance(x, n.DurationLit):
+            out.append(("d", x.nanoseconds))
+        else:
+            out.append((type(x).__name__, getattr(x, "value", None)))
+    return tuple(out)
+
+
+def _children(e: n.Expr) -> list[n.Expr]:
+    if isinstance(e, n.Binary):
+        return [e.left, e.right]
+    if isinstance(e, n.Unary):
+        return [e.operand]
+    if isinstance(e, n.Member):
+        return [e.obj]
+    if isinstance(e, n.SetLit):
+        return list(e.items)
+    if isinstance(e, n.Call):
+        return [e.func, *e.args]
+    return []
+
+
+def _inlined_size(e: n.Expr, inlined: dict[int, int]) -> int:
+    """Terms e puts into the program once every def in it is inlined (inner expansions already known)."""
+    size = 0
+    todo = [e]
+    while todo:
+        x = todo.pop()
+        size += 1
+        if isinstance(x, n.Call) and x.expansion is not None:
+            size += inlined.get(id(x.expansion), 0)
+        else:
+            todo += _children(x)
+    return size
+
+
 def _qualified(e: n.Expr) -> str | None:
     """`lib.mod.name` for a chain of names joined by '.', else None."""
     if isinstance(e, n.Name):
@@ -743,21 +1080,35 @@ def _qualified(e: n.Expr) -> str | None:
 def _rebuild(e: n.Expr, leaf) -> n.Expr:
     """A fresh copy of an expression tree; `leaf` maps each Name (and call
     target) to its replacement.  Fresh nodes, because checking annotates them
-    and one `def` is expanded in many clauses."""
-    rec = lambda x: _rebuild(x, leaf)
-    if isinstance(e, n.Name):
-        return leaf(e)
-    if isinstance(e, n.Binary):
-        return n.Binary(e.span, e.op, rec(e.left), rec(e.right), e.op_span)
-    if isinstance(e, n.Unary):
-        return n.Unary(e.span, e.op, rec(e.operand))
-    if isinstance(e, n.Member):
-        return n.Member(e.span, rec(e.obj), e.name, e.name_span)
-    if isinstance(e, n.SetLit):
-        return n.SetLit(e.span, [rec(i) for i in e.items])
-    if isinstance(e, n.Call):
-        return n.Call(e.span, rec(e.func), [rec(a) for a in e.args])
-    return e  # literals are never annotated differently per use
+    and one `def` is expanded in many clauses.  Literals are shared: they are
+    never annotated differently per use.  Bottom-up without recursion (a body
+    can be a chain of 10,000 terms)."""
+    todo: list[tuple[n.Expr, bool]] = [(e, False)]
+    done: list[n.Expr] = []
+    while todo:
+        x, ready = todo.pop()
+        kids = _children(x)
+        if isinstance(x, n.Name):
+            done.append(leaf(x))
+        elif not kids and not isinstance(x, (n.SetLit, n.Call)):
+            done.append(x)
+        elif not ready:
+            todo.append((x, True))
+            todo += [(k, False) for k in reversed(kids)]
+        else:
+            new = done[len(done) - len(kids):]
+            del done[len(done) - len(kids):]
+            if isinstance(x, n.Binary):
+                done.append(n.Binary(x.span, x.op, new[0], new[1], x.op_span))
+            elif isinstance(x, n.Unary):
+                done.append(n.Unary(x.span, x.op, new[0]))
+            elif isinstance(x, n.Member):
+                done.append(n.Member(x.span, new[0], x.name, x.name_span))
+            elif isinstance(x, n.SetLit):
+                done.append(n.SetLit(x.span, new))
+            else:
+                done.append(n.Call(x.span, new[0], new[1:]))
+    return done[0]
 
 
 def _substitute(body: n.Expr, args: dict[str, n.Expr]) -> n.Expr:

@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from lark import Token, Transformer, v_args
+from lark import Token, Transformer, Tree, v_args
 from lark.exceptions import UnexpectedInput, UnexpectedToken
 
 from hookql import nodes as n
@@ -30,6 +30,16 @@ _EXPECTED = {
     "CONST": "'const'", "USE": "'use'", "EMIT": "'emit'", "DENY": "'deny'", "IN": "'in'", "NOT": "'not'",
     "AND": "'and'", "OR": "'or'",
 }
+# How deep expressions nest: parentheses around a further operator, `not`/`-`/`~`, `.`, a call's or a
+# set's items each go one level down.  A chain of operators at one level (`a or b or c ...`,
+# `x + y + z ...`) is one level however long.  README "The language" documents it.
+MAX_NESTING = 64
+# Integers are 64-bit: a literal is at most 2**64 - 1 (written as -N, at least -2**63).
+MAX_INT = (1 << 64) - 1
+MIN_INT = -(1 << 63)
+# Digits read at all: longer literals are reported without being converted.
+_MAX_DIGITS = 80
+
 _OPERATORS = {"PLUS", "MINUS", "STAR", "SLASH", "PERCENT", "PIPE", "CARET", "AMP", "LSHIFT", "RSHIFT",
               "TILDE", "BANG", "ANDAND", "OROR"}
 
@@ -84,7 +94,35 @@ def _parse_tokens(source: Source, toks: list[Token], diags: Diagnostics, raw: li
         line, col = getattr(exc, "line", 1), getattr(exc, "column", 1)
         diags.error(Span(source, line, col, line, col + 1), f"syntax error: {exc}")
         return None
-    return _Build(source).transform(tree)
+    builder = _Build(source, diags)
+    node = _transform(builder, tree)
+    if builder.too_deep is not None:
+        deep, depth = builder.too_deep
+        diags.error(deep.span, f"expression nested too deeply: more than {MAX_NESTING} levels",
+                    "nest less: name parts with `const` or `def`; a chain of one operator "
+                    "(`a or b or c ...`) is one level however long")
+        return None
+    return node
+
+
+def _transform(builder: Transformer, tree: Tree):
+    """The Lark tree, transformed bottom-up without recursion (Lark's own
+    Transformer recurses, and an expression of 10,000 terms is that deep)."""
+    todo: list[tuple[object, bool]] = [(tree, False)]
+    done: list[object] = []
+    while todo:
+        node, expanded = todo.pop()
+        if not isinstance(node, Tree):
+            done.append(node)
+        elif expanded:
+            k = len(node.children)
+            children = done[len(done) - k:] if k else []
+            del done[len(done) - k:]
+            done.append(builder._call_userfunc(node, children))
+        else:
+            todo.append((node, True))
+            todo.extend((child, False) for child in reversed(node.children))
+    return done[0]
 
 
 def _syntax_error(source: Source, exc: UnexpectedToken, toks: list[Token], raw: list[Token], diags: Diagnostics):
@@ -169,9 +207,22 @@ _ESCAPES = {"n": "\n", "t": "\t", "\\": "\\", '"': '"', "0": "\0", "r": "\r"}
 class _Build(Transformer):
     """Lark tree -> nodes, with a Span on every node."""
 
-    def __init__(self, source: Source):
+    def __init__(self, source: Source, diags: Diagnostics | None = None):
         super().__init__()
         self.src = source
+        self.diags = diags if diags is not None else Diagnostics()
+        # nesting level of each expression built (chains of one spine count once), and the first too deep
+        self.level: dict[int, int] = {}
+        self.too_deep: tuple[n.Expr, int] | None = None
+
+    def _nest(self, node: n.Expr, *inner: n.Expr, spine: n.Expr | None = None) -> n.Expr:
+        """Record node's nesting level: one more than its deepest inner part, the same as its spine (the
+        left operand of a binary operator, which the checker walks without going deeper)."""
+        level = max([self.level.get(id(x), 0) + 1 for x in inner] + [self.level.get(id(spine), 0)])
+        self.level[id(node)] = level
+        if level > MAX_NESTING and self.too_deep is None:
+            self.too_deep = (node, level)
+        return node
 
     def _span(self, meta) -> Span:
         return Span(self.src, meta.line, meta.column, meta.end_line, meta.end_column)
@@ -250,7 +301,7 @@ class _Build(Transformer):
         return self._bin(meta, "and", c[0], c[-1], None)
 
     def not_(self, meta, c):
-        return n.Unary(self._span(meta), "not", c[-1])
+        return self._nest(n.Unary(self._span(meta), "not", c[-1]), c[-1])
 
     def compare(self, meta, c):
         return self._bin(meta, str(c[1]), c[0], c[2], c[1])
@@ -268,24 +319,48 @@ class _Build(Transformer):
         span = self._span(meta)
         op_span = self._tok(tok) if tok is not None else Span(self.src, left.span.end_line, left.span.end_col,
                                                               right.span.line, right.span.col)
-        return n.Binary(span, op, left, right, op_span)
+        return self._nest(n.Binary(span, op, left, right, op_span), right, spine=left)
 
     def unary(self, meta, c):
-        return n.Unary(self._span(meta), str(c[0]), c[1])
+        return self._nest(n.Unary(self._span(meta), str(c[0]), c[1]), c[1])
 
     def call(self, meta, c):
-        return n.Call(self._span(meta), c[0], [x for x in c[1:] if x is not None])
+        args = [x for x in c[1:] if x is not None]
+        return self._nest(n.Call(self._span(meta), c[0], args), c[0], *args)
 
     def member(self, meta, c):
-        return n.Member(self._span(meta), c[0], str(c[1]), self._tok(c[1]))
+        return self._nest(n.Member(self._span(meta), c[0], str(c[1]), self._tok(c[1])), c[0])
 
     def int_lit(self, meta, c):
-        text = str(c[0]).replace("_", "")
-        return n.IntLit(self._span(meta), int(text, 0) if not re.fullmatch(r"0\d+", text) else int(text, 10))
+        span = self._span(meta)
+        value = self._int(span, str(c[0]), "integer")
+        if value is not None and value > MAX_INT:
+            self.diags.error(span, f"{_short(str(c[0]))} does not fit in 64 bits",
+                             f"integers are 64-bit: at most {MAX_INT} (0xffffffffffffffff), "
+                             f"at least {MIN_INT}")
+            value = None
+        return n.IntLit(span, 1 if value is None else value)  # 1 once reported: no error follows from it
+
+    def _int(self, span: Span, raw: str, what: str) -> int | None:
+        """A literal's value, or None after reporting one too long to read."""
+        text = raw.replace("_", "")
+        digits = re.sub(r"^0[xXbBoO]", "", text).lstrip("0")
+        if len(digits) > _MAX_DIGITS:
+            self.diags.error(span, f"{what} literal too long: {len(digits)} digits; integers are 64-bit",
+                             f"a 64-bit integer has at most 20 decimal digits ({MAX_INT})")
+            return None
+        return int(text, 0) if not re.fullmatch(r"0\d+", text) else int(text, 10)
 
     def duration_lit(self, meta, c):
+        span = self._span(meta)
         m = re.fullmatch(r"(\d+)([a-z]+)", str(c[0]))
-        return n.DurationLit(self._span(meta), int(m[1]) * _DURATION_NS[m[2]], str(c[0]))
+        count = self._int(span, m[1], "duration")
+        ns = None if count is None else count * _DURATION_NS[m[2]]
+        if ns is not None and ns > MAX_INT:
+            self.diags.error(span, f"{_short(str(c[0]))} is more than 64 bits of nanoseconds",
+                             "durations are 64-bit nanoseconds: at most about 584 years (5124095h)")
+            ns = None
+        return n.DurationLit(span, 1 if ns is None else ns, str(c[0]))
 
     def str_lit(self, meta, c):
         return n.StrLit(self._span(meta), _unquote(str(c[0])))
@@ -303,7 +378,11 @@ class _Build(Transformer):
         return n.Name(self._span(meta), str(c[0]))
 
     def set_lit(self, meta, c):
-        return n.SetLit(self._span(meta), list(c))
+        return self._nest(n.SetLit(self._span(meta), list(c)), *c)
+
+
+def _short(text: str) -> str:
+    return text if len(text) <= 40 else f"{text[:20]}...{text[-8:]} ({len(text)} characters)"
 
 
 def _unquote(text: str) -> str:
