@@ -29,41 +29,51 @@ class Expr:
     kind = ""  # which template branch spells it
 
 
-@dataclass
+@dataclass(eq=False)
 class Lit(Expr):
     value: int
     kind = "lit"
 
 
-@dataclass
+@dataclass(eq=False)
 class Ref(Expr):
     local: "Local"
     kind = "ref"
 
 
-@dataclass
+@dataclass(eq=False)
 class Bin(Expr):
     op: str
     left: Expr
     right: Expr
+    signed: bool = False  # / % >> and mixed comparisons: computed as signed (HookQL's type), else unsigned
     kind = "bin"
 
 
-@dataclass
+@dataclass(eq=False)
+class Chain(Expr):
+    """a && b && c ... (or ||): long chains stay flat, never nested."""
+
+    op: str  # "&&" or "||"
+    items: list[Expr]
+    kind = "chain"
+
+
+@dataclass(eq=False)
 class Un(Expr):
     op: str  # "!", "-", "~"
     operand: Expr
     kind = "un"
 
 
-@dataclass
+@dataclass(eq=False)
 class StrEq(Expr):
     local: "Local"
     data: list[int]  # bytes of the literal, then the NUL
     kind = "streq"
 
 
-@dataclass
+@dataclass(eq=False)
 class StrEqVar(Expr):
     left: "Local"
     right: "Local"
@@ -71,7 +81,7 @@ class StrEqVar(Expr):
     kind = "streqvar"
 
 
-@dataclass
+@dataclass(eq=False)
 class AddrMatch(Expr):
     """addr == literal (masks all ones) or addr in CIDR: four 32-bit words,
     network order, IPv4 as v4-mapped IPv6."""
@@ -82,14 +92,14 @@ class AddrMatch(Expr):
     kind = "addrmatch"
 
 
-@dataclass
+@dataclass(eq=False)
 class AddrEqVar(Expr):
     left: "Local"
     right: "Local"
     kind = "addreqvar"
 
 
-@dataclass
+@dataclass(eq=False)
 class AnyOf(Expr):
     items: list[Expr]
     kind = "anyof"
@@ -124,6 +134,13 @@ class Local:
     @property
     def c_array(self) -> str:
         return f"[{self.ty.size}]" if self.ty.kind == "str" else ""
+
+    scratch: bool = False  # lives in the probe's per-CPU scratch value, not on the 512-byte stack
+
+    @property
+    def ref(self) -> str:
+        """How C names it: a stack variable, or its member of the scratch value."""
+        return f"hq_s->{self.name}" if self.scratch else self.name
 
 
 # -- layouts shared with the runtime ----------------------------------------------------
@@ -181,6 +198,7 @@ class Aggregation:
     value_display: str | None
     lhist: tuple[int, int, int] | None = None  # min, max, step
     drop_stat: int = 0
+    key_scratch: bool = False  # the key is built in the probe's per-CPU scratch value
 
     @property
     def map_name(self) -> str:
@@ -257,10 +275,16 @@ class Probe:
     where_line: int
     actions: list  # Aggregation | EmitRecord
     deny: Deny | None
+    scratch_locals: list[Local] = field(default_factory=list)  # strings too large for the stack
+    scratch_keys: list["Aggregation"] = field(default_factory=list)  # keys too large for the stack
 
     @property
     def func(self) -> str:
         return f"hq_probe{self.index}"
+
+    @property
+    def scratch(self) -> bool:
+        return bool(self.scratch_locals or self.scratch_keys)
 
 
 @dataclass
@@ -272,9 +296,11 @@ class Program:
     stats: list[str]  # names of the per-CPU counters, by index
     helpers: set[str]
     zero_size: int
+    lines: dict[str, str] = field(default_factory=dict)  # script line -> its text, for the verifier's log
 
     def layout(self) -> dict:
-        return {"source": self.source_name, "aggregations": [a.layout() for a in self.aggregations],
+        return {"source": self.source_name, "lines": self.lines,
+                "aggregations": [a.layout() for a in self.aggregations],
                 "emits": [e.layout() for e in self.emits], "stats": self.stats,
                 "probes": [{"index": p.index, "text": p.text, "func": p.func, "attach": p.attach,
                             "section": p.section, "deny": bool(p.deny)} for p in self.probes]}
@@ -300,7 +326,14 @@ def lower(checked: CheckedScript, func_mode: str = "kprobe") -> Program:
     "fentry" (fentry/fexit, BPF trampolines)."""
     prog = Program(checked.script.span.source.name, [], [], [], ["ringbuf_drops"], set(), 8)
     for i, clause in enumerate(checked.clauses):
-        prog.probes.append(_ProbeLowering(prog, clause, i, func_mode).run())
+        probe = _ProbeLowering(prog, clause, i, func_mode).run()
+        prog.probes.append(probe)
+        src = clause.span.source
+        if src is checked.script.span.source:  # the lines the #line directives name
+            for line in {probe.line, probe.where_line, *(a.line for a in probe.actions),
+                         *([probe.deny.line] if probe.deny else [])}:
+                text = src.line(line).strip()
+                prog.lines[str(line)] = text if len(text) <= 160 else text[:157] + "..."
     prog.zero_size = max([8] + [a.value_size for a in prog.aggregations])
     return prog
 
@@ -331,9 +364,11 @@ class _ProbeLowering:
             elif isinstance(a, n.Deny):
                 deny = self.deny(a)
         post = [l for l in self.order if l not in pre]
-        return Probe(self.index, h.probe, h.provider, attach, section,
-                     c.span.line, params, ret, pre, post, where, c.where.span.line if c.where else c.span.line,
-                     actions, deny)
+        probe = Probe(self.index, h.probe, h.provider, attach, section,
+                      c.span.line, params, ret, pre, post, where, c.where.span.line if c.where else c.span.line,
+                      actions, deny)
+        _place_large(probe)
+        return probe
 
     # -- attach and signature --
     def attach(self) -> tuple[str, str]:
@@ -455,8 +490,62 @@ class _ProbeLowering:
                           in4=e.ty.kind == "addr" and e.ty.version == 4)
 
     # -- expressions --
-    def expr(self, e: n.Expr) -> Expr:
-        if isinstance(e, (n.IntLit,)):
+    def expr(self, root: n.Expr) -> Expr:
+        """Lower an expression tree with an explicit stack: chains of thousands
+        of `and`s or nested `not`s must not hit Python's recursion limit."""
+        done: dict[int, Expr] = {}
+        stack: list[tuple[n.Expr, bool]] = [(root, False)]
+        while stack:
+            e, ready = stack.pop()
+            inner = _unwrap(e)
+            kids = self.children(inner)
+            if kids is None:  # a leaf: lowered directly
+                done[id(e)] = self.leaf(inner)
+            elif not ready:
+                stack.append((e, True))
+                stack.extend((k, False) for k in reversed(kids))
+            else:
+                done[id(e)] = self.compound(inner, [done[id(k)] for k in kids])
+        return done[id(root)]
+
+    def children(self, e: n.Expr) -> list[n.Expr] | None:
+        """The subexpressions lowered before e, or None when e is lowered as a whole."""
+        if isinstance(e, n.Unary):
+            return [e.operand]
+        if isinstance(e, n.Binary) and e.op not in ("in", "not in"):
+            lt, rt = e.left.ty, e.right.ty
+            if e.op in ("==", "!=") and (_kind(lt) in ("str", "addr") or _kind(rt) in ("str", "addr")):
+                return None
+            return [e.left, e.right]
+        return None
+
+    def compound(self, e: n.Expr, kids: list[Expr]) -> Expr:
+        if isinstance(e, n.Unary):
+            op = {"not": "!", "!": "!"}.get(e.op, e.op)
+            x = kids[0]
+            if op == "!" and isinstance(x, Un) and x.op == "!":
+                return x.operand  # not not c == c: conditions are 0 or 1
+            if op == "!" and isinstance(x, Lit):
+                return Lit(int(not x.value))
+            return Un(op, x)
+        op, (l, r) = e.op, kids
+        if op in ("and", "or"):
+            c = "&&" if op == "and" else "||"
+            items = []
+            for x in (l, r):
+                items.extend(x.items if isinstance(x, Chain) and x.op == c else [x])
+            return Chain(c, items)
+        signed = bool(e.ty is not None and e.ty.signed)
+        if op in _COMPARE:
+            if isinstance(l, Lit) and isinstance(r, Lit):  # 1 == 1: known now (as 64-bit values)
+                a, b = _s64(l.value), _s64(r.value)
+                return Lit(int({"==": a == b, "!=": a != b, "<": a < b, "<=": a <= b, ">": a > b,
+                                ">=": a >= b}[op]))
+            signed = _signed_compare(e.left.ty, e.right.ty)
+        return Bin(op, l, r, signed)
+
+    def leaf(self, e: n.Expr) -> Expr:
+        if isinstance(e, n.IntLit):
             return Lit(e.value)
         if isinstance(e, n.DurationLit):
             return Lit(e.nanoseconds)
@@ -469,41 +558,32 @@ class _ProbeLowering:
             if isinstance(e.path, ConstSymbol):
                 return self.const(e.path, e)
             return Ref(self.member(e))
-        if isinstance(e, n.Unary):
-            return Un({"not": "!", "!": "!"}.get(e.op, e.op), self.expr(e.operand))
-        if isinstance(e, n.Binary):
-            return self.binary(e)
-        if isinstance(e, n.Call):
-            return self.expr(e.expansion)
+        if isinstance(e, n.Binary) and e.op in ("in", "not in"):
+            m = self.membership(e.left, e.right)
+            return _negate(m) if e.op == "not in" else m
+        if isinstance(e, n.Binary) and e.op in ("==", "!="):
+            m = self.equal(e.left, e.right)
+            return _negate(m) if e.op == "!=" else m
         raise LoweringError(e.span, "this value must be compared or grouped, not used on its own")
 
     def const(self, sym: ConstSymbol, e: n.Expr) -> Expr:
+        if isinstance(sym.value, bool):
+            return Lit(int(sym.value))
         if isinstance(sym.value, int):
             return Lit(sym.value)
         raise LoweringError(e.span, f"{sym.name} is {sym.ty}; use it with == or `in`")
 
-    def binary(self, e: n.Binary) -> Expr:
-        op = e.op
-        if op in ("and", "or"):
-            return Bin("&&" if op == "and" else "||", self.expr(e.left), self.expr(e.right))
-        if op in ("in", "not in"):
-            m = self.membership(e.left, e.right)
-            return Un("!", m) if op == "not in" else m
-        lt, rt = e.left.ty, e.right.ty
-        if op in ("==", "!=") and (lt.kind in ("str", "addr") or rt.kind in ("str", "addr")):
-            m = self.equal(e.left, e.right)
-            return Un("!", m) if op == "!=" else m
-        return Bin(op, self.expr(e.left), self.expr(e.right))
-
     def value_local(self, e: n.Expr) -> Local:
-        if isinstance(e, n.Call):
-            return self.value_local(e.expansion)
+        e = _unwrap(e)
         r = self.expr(e)
         if not isinstance(r, Ref):
             raise LoweringError(e.span, "compare a field here, not an expression")
         return r.local
 
     def equal(self, left: n.Expr, right: n.Expr) -> Expr:
+        left, right = _unwrap(left), _unwrap(right)
+        if _is_const(left) and _is_const(right):  # "a" != "b": known now
+            return Lit(int(_const_equal(_const_value(left), _const_value(right))))
         lit, other = (right, left) if _is_const(right) else (left, right)
         if _is_const(lit):
             val = _const_value(lit)
@@ -517,7 +597,10 @@ class _ProbeLowering:
         return AddrEqVar(l, r)
 
     def membership(self, left: n.Expr, right: n.Expr) -> Expr:
+        left, right = _unwrap(left), _unwrap(right)
         val = _const_value(right)
+        if _is_const(left) or isinstance(left, n.IntLit):  # "a" in {"a", "b"}: known now
+            return Lit(int(_const_in(_const_value(left), val)))
         if right.ty.kind == "cidr" or right.ty.kind == "addr":
             return _addr_match(self.value_local(left), ipaddress.ip_network(val))
         items = sorted(val, key=str)
@@ -609,10 +692,35 @@ def _const_value(e: n.Expr):
         return e.network
     if isinstance(e, n.SetLit):
         return frozenset(_const_value(i) for i in e.items)
-    if isinstance(e, n.Unary) and e.op == "-":
-        return -_const_value(e.operand)
+    if isinstance(e, n.DurationLit):
+        return e.nanoseconds
+    if isinstance(e, n.Call) and e.expansion is not None:
+        return _const_value(_unwrap(e))
+    if isinstance(e, n.Unary) and e.op in ("-", "~"):
+        v = _const_value(e.operand)
+        return -v if e.op == "-" else ~v
+    if isinstance(e, n.Binary) and e.op in _ARITH:
+        return _fold_int(e.op, _const_value(e.left), _const_value(e.right))
     sym = e.symbol if isinstance(e, n.Name) else e.path
     return sym.value
+
+
+_ARITH = ("+", "-", "*", "/", "%", "&", "|", "^", "<<", ">>")
+
+
+def _fold_int(op: str, a: int, b: int) -> int:
+    """What the BPF side computes (codegen/render.py CExprs): / and % truncate
+    toward zero, x / 0 == 0, x % 0 == x, shifts by 64 or more give 0 (or -1)."""
+    if op in ("/", "%"):
+        if b == 0:
+            return 0 if op == "/" else a
+        q = abs(a) // abs(b) * (1 if (a < 0) == (b < 0) else -1)
+        return q if op == "/" else a - b * q
+    if op in ("<<", ">>"):
+        if not 0 <= b < 64:
+            return 0 if op == "<<" or a >= 0 else -1
+        return a << b if op == "<<" else a >> b
+    return {"+": a + b, "-": a - b, "*": a * b, "&": a & b, "|": a | b, "^": a ^ b}[op]
 
 
 def _addr_match(loc: Local, net) -> AddrMatch:
@@ -625,3 +733,93 @@ def _addr_match(loc: Local, net) -> AddrMatch:
     words = [(addr >> (96 - 32 * i)) & 0xFFFFFFFF for i in range(4)]
     masks = [(mask >> (96 - 32 * i)) & 0xFFFFFFFF for i in range(4)]
     return AddrMatch(loc, words, masks)
+
+
+_COMPARE = ("==", "!=", "<", "<=", ">", ">=")
+
+
+def _kind(t) -> str | None:
+    return t.kind if t is not None else None
+
+
+def _unwrap(e: n.Expr) -> n.Expr:
+    """A use of a `def` is its expansion (a chain of them, iteratively)."""
+    while isinstance(e, n.Call) and e.expansion is not None:
+        e = e.expansion
+    return e
+
+
+def _s64(v: int) -> int:
+    return ((v + (1 << 63)) % (1 << 64)) - (1 << 63)
+
+
+def _negate(x: Expr) -> Expr:
+    if isinstance(x, Lit):
+        return Lit(int(not x.value))
+    return Un("!", x)
+
+
+def _signed_compare(lt, rt) -> bool:
+    """Compare as signed 64-bit when either side is signed and the other fits
+    (fewer than 64 bits): `pid > -1` is then what it says. A signed value
+    against an unsigned 64-bit one compares as C does (unsigned)."""
+    if lt is None or rt is None or not (lt.is_int and rt.is_int):
+        return False
+    if lt.signed == rt.signed:
+        return lt.signed
+    unsigned = rt if lt.signed else lt
+    return unsigned.bits < 64
+
+
+def _as_network(v):
+    """A constant address or network as a v6 network; IPv4 v4-mapped, as the
+    BPF side stores addresses."""
+    net = v if isinstance(v, (ipaddress.IPv4Network, ipaddress.IPv6Network)) else ipaddress.ip_network(v)
+    if net.version == 4:
+        net = ipaddress.ip_network(f"::ffff:{net.network_address}/{96 + net.prefixlen}")
+    return net
+
+
+def _const_equal(a, b) -> bool:
+    if isinstance(a, (str, int)) or isinstance(b, (str, int)):
+        return a == b
+    return _as_network(a) == _as_network(b)
+
+
+def _const_in(a, container) -> bool:
+    if isinstance(container, frozenset):
+        return any(_const_equal(a, x) if not isinstance(x, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+                   or not isinstance(a, (ipaddress.IPv4Network, ipaddress.IPv6Network))
+                   else _const_in(a, x) for x in container)
+    if isinstance(a, (str, int)):
+        return False
+    return _as_network(a).subnet_of(_as_network(container))
+
+
+# -- the 512-byte stack -----------------------------------------------------------------------
+STACK_BUDGET = 192  # bytes of strings and keys a probe keeps on its stack; clang needs the rest
+LARGE = 64  # a string or key larger than this never goes on the stack
+
+
+def _place_large(p: Probe) -> None:
+    """Move the largest strings and keys of a probe to its per-CPU scratch value
+    (as libbpf-tools do) until what stays on the stack fits STACK_BUDGET.
+
+    One scratch value per probe and CPU: a probe does not run nested in
+    itself on one CPU (kprobes and tracepoints never nest; trampolines have a
+    recursion guard). LSM programs have none: an LSM hook in an interrupt that
+    lands inside the same probe's run would reuse its scratch value.
+    """
+    items = [(l.ty.size, l) for l in p.pre + p.post if l.ty.kind == "str"]
+    items += [(a.key_size, a) for a in p.actions if isinstance(a, Aggregation) and a.keyed]
+    total = sum(size for size, _ in items) + 16 * sum(1 for l in p.pre + p.post if l.ty.kind == "addr")
+    for size, x in sorted(items, key=lambda t: -t[0]):
+        if total <= STACK_BUDGET and size <= LARGE:
+            break
+        total -= size
+        if isinstance(x, Local):
+            x.scratch = True
+            p.scratch_locals.append(x)
+        else:
+            x.key_scratch = True
+            p.scratch_keys.append(x)

@@ -55,6 +55,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__fd": (ctypes.c_int, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
     "bpf_link__destroy": (ctypes.c_int, [c_void_p]),
+    "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, c_void_p, ctypes.POINTER(c_u32)]),
     # maps
     "bpf_object__find_map_by_name": (c_void_p, [c_void_p, c_char_p]),
     "bpf_map__fd": (ctypes.c_int, [c_void_p]),
@@ -119,18 +120,58 @@ _libc.vsnprintf.argtypes = [c_char_p, ctypes.c_size_t, c_char_p, c_void_p]
 _libc.vsnprintf.restype = ctypes.c_int
 
 
+# The size of a va_list's state, which va_copy duplicates: formatting consumes
+# it, and a message longer than the first buffer is formatted twice.
+_VA_LIST_SIZE = {"x86_64": 24, "AMD64": 24, "aarch64": 32, "arm64": 32}.get(os.uname().machine)
+_FIRST_BUF = 4096
+_FALLBACK_BUF = 1 << 24  # elsewhere: one pass, as large as libbpf's biggest verifier log buffer
+
+
+def _format(fmt: bytes, args: int) -> tuple[str, int]:
+    """The whole message: libbpf prints a verifier log (up to 16 MiB) as one
+    message, which a fixed buffer would cut mid-instruction, before the line
+    that failed."""
+    # On x86-64 and arm64 a va_list argument is passed as a pointer to its
+    # state, so libc's vsnprintf can format it for us; copying that state is va_copy.
+    if _VA_LIST_SIZE is None:
+        buf = ctypes.create_string_buffer(_FALLBACK_BUF)
+        n = _libc.vsnprintf(buf, len(buf), fmt, args)
+        return buf.value.decode(errors="replace"), n
+    saved = ctypes.create_string_buffer(ctypes.string_at(args, _VA_LIST_SIZE), _VA_LIST_SIZE)
+    buf = ctypes.create_string_buffer(_FIRST_BUF)
+    n = _libc.vsnprintf(buf, len(buf), fmt, args)
+    if n >= len(buf):
+        buf = ctypes.create_string_buffer(n + 1)
+        n = _libc.vsnprintf(buf, len(buf), fmt, ctypes.addressof(saved))
+    return buf.value.decode(errors="replace"), n
+
+
 @_PRINT_FN
 def _print_cb(level: int, fmt: bytes, args: int) -> int:
     if level == 2 and not keep_debug:
         return 0
-    # On x86-64 and arm64 a va_list argument is passed as a pointer, so libc's
-    # vsnprintf can format it for us.
-    buf = ctypes.create_string_buffer(4096)
-    n = _libc.vsnprintf(buf, len(buf), fmt, args)
-    messages.append((LEVELS.get(level, str(level)), buf.value.decode(errors="replace").rstrip()))
+    text, n = _format(fmt, args)
+    messages.append((LEVELS.get(level, str(level)), text.rstrip()))
     if len(messages) > MAX_MESSAGES:
         del messages[:-MAX_MESSAGES]
     return max(n, 0)
+
+
+def annotate_log(log: str, source: str, lines: dict) -> str:
+    """A verifier log with the script's own text on its line-info lines.
+
+    clang records `; <C source line> @ file:line` for each instruction, but the
+    #line directives point it at the script, whose text it cannot read: the
+    lines read `;  @ t.hq:5`. `lines` (the layout's "lines": {line: text})
+    fills them in: `; count by comm @ t.hq:5`."""
+    import re
+
+    def fill(m: "re.Match") -> str:
+        if m[2] != source:
+            return m[0]
+        text = lines.get(str(m[3])) or lines.get(int(m[3])) if lines else None
+        return f"; {text} @ {m[2]}:{m[3]}" if text else m[0]
+    return re.sub(r"^; ( *) @ (.+):(\d+)$", fill, log, flags=re.M)
 
 
 def strerror(err: int) -> str:
