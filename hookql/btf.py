@@ -244,6 +244,7 @@ class Btf:
         self._types: dict[int, CType] = {0: CType(self, 0)}
         self._names: dict[int, str] = {}
         self._enumerators: dict[str, tuple[int, str]] | None = None
+        self._tracepoints: TracepointIndex | None = None
 
     @classmethod
     def from_file(cls, path: str | os.PathLike) -> "Btf":
@@ -317,6 +318,25 @@ class Btf:
         for i in range(1, self.type_count()):
             yield self.type(i)
 
+    def tracepoints(self) -> "TracepointIndex":
+        """The kernel's tracepoints as BTF records them (see TracepointIndex);
+        a full scan, cached on disk per BTF like the enumerators."""
+        if self._tracepoints is not None:
+            return self._tracepoints
+        entry = f"tracepoints-{self.digest}.json"
+        cached = blobs.get("btf", entry)
+        if cached is not None:
+            try:
+                d = json.loads(cached)
+                self._tracepoints = TracepointIndex(dict(d["events"]), dict(d["syscalls"]))
+                return self._tracepoints
+            except (ValueError, TypeError, KeyError):
+                pass
+        self._tracepoints = _scan_tracepoints(self)
+        blobs.put("btf", entry, json.dumps({"events": self._tracepoints.events,
+                                            "syscalls": self._tracepoints.syscalls}).encode())
+        return self._tracepoints
+
     def enumerators(self) -> dict[str, tuple[int, str]]:
         """Every enumerator in the kernel: NAME -> (value, enum name).
 
@@ -345,3 +365,96 @@ class Btf:
         blobs.put("btf", entry, json.dumps(out).encode())  # without a cache, the next run scans again
         return out
 
+
+
+# -- tracepoints -----------------------------------------------------------------
+@dataclass(frozen=True)
+class TracepointIndex:
+    """What BTF says about tracepoints, without tracefs.
+
+    events: event name -> its event class ("" when no class fits): the record
+        is `struct trace_event_raw_<class>`.  Every tracepoint has a
+        `__traceiter_<event>` function (and a `btf_trace_<event>` typedef)
+        whose parameters are the TP_PROTO; each class has a
+        `trace_event_raw_event_<class>` function with the class's TP_PROTO.
+        An event belongs to the class with the same prototype; where several
+        classes share one, the class named like the event wins (TRACE_EVENT),
+        then a class that is no event of its own (DECLARE_EVENT_CLASS), then
+        the longest common name prefix.  Raw-only tracepoints (DECLARE_TRACE,
+        no tracefs event) have no class.
+    syscalls: syscall name -> the function whose prototype names its
+        arguments (`__do_sys_X`, else `__se_sys_X`; "" for no arguments).
+    BTF does not record an event's category (TRACE_SYSTEM); only tracefs does.
+    """
+
+    events: dict[str, str]
+    syscalls: dict[str, str]
+
+
+_SYSCALL_ENTRY = ("__x64_sys_", "__arm64_sys_", "__riscv_sys_", "__s390x_sys_", "__powerpc_sys_")
+
+
+def _scan_tracepoints(btf: Btf) -> TracepointIndex:
+    iters: dict[str, CType] = {}
+    classes: dict[str, CType] = {}
+    records: set[str] = set()
+    sys_do: set[str] = set()
+    sys_se: set[str] = set()
+    sys_entry: set[str] = set()
+    lib = btf._lib
+    for i in range(1, btf.type_count()):
+        kind = (_U32x3.from_address(lib.btf__type_by_id(btf.handle, i))[1] >> 24) & 0x1F
+        if kind not in (4, KIND_FUNC):
+            continue
+        t = btf.type(i)
+        n = t.name
+        if kind == 4:
+            if n.startswith("trace_event_raw_"):
+                records.add(n[16:])
+        elif n.startswith("__traceiter_"):
+            iters[n[12:]] = t
+        elif n.startswith("trace_event_raw_event_"):
+            classes[n[22:]] = t
+        elif n.startswith("__do_sys_"):
+            sys_do.add(n[9:])
+        elif n.startswith("__se_sys_"):
+            sys_se.add(n[9:])
+        elif n.startswith(_SYSCALL_ENTRY):
+            sys_entry.add(n.split("_sys_", 1)[1])
+    classes = {c: f for c, f in classes.items() if c in records}
+
+    def named(f: CType) -> tuple:
+        return tuple((p.name, p.type.id) for p in f.target.params[1:])
+
+    def typed(f: CType) -> tuple:
+        return tuple(p.type.id for p in f.target.params[1:])
+
+    by_named: dict[tuple, list[str]] = {}
+    by_typed: dict[tuple, list[str]] = {}
+    for c, f in classes.items():
+        by_named.setdefault(named(f), []).append(c)
+        by_typed.setdefault(typed(f), []).append(c)
+    events: dict[str, str] = {}
+    for e, f in iters.items():
+        cands = by_named.get(named(f)) or by_typed.get(typed(f)) or []
+        events[e] = _pick_class(e, cands, iters)
+    syscalls: dict[str, str] = {}
+    for s in sys_entry | sys_se | sys_do:
+        syscalls[s] = f"__do_sys_{s}" if s in sys_do else f"__se_sys_{s}" if s in sys_se else ""
+    return TracepointIndex(dict(sorted(events.items())), dict(sorted(syscalls.items())))
+
+
+def _pick_class(event: str, cands: list[str], events) -> str:
+    if not cands:
+        return ""
+    if event in cands:
+        return event
+
+    def prefix(c: str) -> int:
+        a, b = event.replace("__", "_"), c.replace("__", "_")
+        n = 0
+        while n < min(len(a), len(b)) and a[n] == b[n]:
+            n += 1
+        return n
+
+    return max(sorted(cands), key=lambda c: (c not in events, prefix(c)))

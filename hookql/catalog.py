@@ -65,6 +65,7 @@ class Hook:
     aliases: dict[str, str] = field(default_factory=dict)  # seed arg name -> kernel arg name
     entry_args: dict[str, str] = field(default_factory=dict)  # kretprobe: args it cannot read -> decl
     tp_fields_known: bool = True
+    tp_source: str = ""  # tracepoint: where its fields came from ("tracefs", "BTF struct trace_event_raw_X", ...)
 
     @property
     def probe(self) -> str:
@@ -211,17 +212,24 @@ class Catalog:
             raise ProbeError(f"tracepoints are tracepoint:CATEGORY:NAME, not tracepoint:{':'.join(target)}")
         cat, name = target
         hook = Hook("tracepoint", f"{cat}:{name}", kernel)
+        text = None
         tracefs = kernel.tracefs()
-        if tracefs is None:
-            hook.tp_fields_known = False
-        else:
+        if tracefs is not None:
             fmt = tracefs / "events" / cat / name / "format"
             try:
                 text = fmt.read_text()
             except FileNotFoundError:
                 raise _tp_missing(tracefs, cat, name) from None
-            except OSError as exc:
-                raise ProbeError(f"cannot read {fmt}: {exc.strerror}", "run as root to read tracepoint formats")
+            except OSError:
+                text = None  # unreadable (not root): BTF knows the fields too
+            else:
+                hook.tp_source = f"tracefs ({fmt})"
+        if text is None:
+            text = btf_tp_format(kernel, cat, name)
+            hook.tp_source = _btf_source(kernel, cat, name)
+        if text is None:
+            hook.tp_fields_known = False
+        else:
             for f in parse_tp_format(text):
                 hook.fields[f.name] = f
         for n, f in F.BUILTINS.items():
@@ -287,3 +295,147 @@ def _tp_missing(tracefs, cat: str, name: str) -> ProbeError:
     close = difflib.get_close_matches(name, names, n=3)
     return ProbeError(f"no tracepoint '{cat}:{name}' on this kernel",
                       f"did you mean {', '.join(f'tracepoint:{cat}:{c}' for c in close)}?" if close else None)
+
+
+# -- tracepoints from BTF (no tracefs: not root, or a reference kernel) ------------
+_SYS_EVENT = re.compile(r"sys_(enter|exit)_(\w+)")
+
+
+def btf_tp_format(kernel: Kernel, cat: str, name: str) -> str | None:
+    """A tracefs-style `format` text of tracepoint cat:name, made from BTF.
+
+    Raises ProbeError when BTF shows there is no such tracepoint; None when
+    the tracepoint exists but BTF cannot give its record.  BTF does not know
+    categories, so only `syscalls` is told apart from the rest."""
+    idx = kernel.btf.tracepoints()
+    m = _SYS_EVENT.fullmatch(name)
+    known = _syscalls(idx)
+    if cat == "syscalls":
+        if not m or m[2] not in known:
+            raise _tp_missing_btf(kernel, cat, name, idx)
+        return _syscall_format(kernel, m[1], m[2], idx.syscalls[m[2]])
+    if m and m[2] in known and name not in idx.events:
+        raise ProbeError(f"no tracepoint '{cat}:{name}' on kernel {kernel.label}",
+                         f"syscall tracepoints are in category syscalls: tracepoint:syscalls:{name}")
+    if name not in idx.events:
+        raise _tp_missing_btf(kernel, cat, name, idx)
+    cls = idx.events[name]
+    rec = kernel.btf.struct(f"trace_event_raw_{cls}") if cls else None
+    if rec is None:  # no class prototype fits (or a raw-only tracepoint): fields unknown, tracefs has them
+        return None
+    return _record_format(rec)
+
+
+_COMMON = ("\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+           "\tfield:unsigned char common_flags;\toffset:2;\tsize:1;\tsigned:0;\n"
+           "\tfield:unsigned char common_preempt_count;\toffset:3;\tsize:1;\tsigned:0;\n"
+           "\tfield:int common_pid;\toffset:4;\tsize:4;\tsigned:1;\n\n")
+
+
+_DWARF_INTS = re.compile(r"\b(long long unsigned int|long unsigned int|short unsigned int|long long int|long int|short int)\b")
+_C_INTS = {"long long unsigned int": "unsigned long long", "long unsigned int": "unsigned long",
+           "short unsigned int": "unsigned short", "long long int": "long long", "long int": "long",
+           "short int": "short"}
+
+
+def _line(decl: str, off: int, size: int, signed: bool) -> str:
+    decl = _DWARF_INTS.sub(lambda m: _C_INTS[m[1]], decl)  # BTF spells ints as DWARF does
+    return f"\tfield:{decl};\toffset:{off};\tsize:{size};\tsigned:{int(signed)};\n"
+
+
+def _syscall_format(kernel: Kernel, way: str, sysname: str, func: str) -> str:
+    """struct syscall_trace_enter {ent; int nr; unsigned long args[6]} / _exit {ent; int nr; long ret}:
+    every argument is an unsigned long slot, named and typed by the syscall's definition."""
+    out = [f"name: sys_{way}_{sysname}\nformat:\n", _COMMON, _line("int __syscall_nr", 8, 4, True)]
+    if way == "exit":
+        out.append(_line("long ret", 16, 8, True))
+        return "".join(out)
+    sig = kernel.btf.func(func) if func else None
+    if sig is not None:
+        params = [(p.type.c_decl(), p.name or f"arg{i}") for i, p in enumerate(sig.params)]
+        if len(params) == 1 and params[0][0] == "const struct pt_regs *":
+            params = []  # SYSCALL_DEFINE0's stub: no arguments
+    else:
+        params = shipped_syscalls().get(sysname, [])
+    for i, (ctype, pname) in enumerate(params):
+        out.append(_line(f"{ctype}{'' if ctype.endswith('*') else ' '}{pname}", 16 + 8 * i, 8, False))
+    return "".join(out)
+
+
+@cache
+def shipped_syscalls() -> dict[str, list[list[str]]]:
+    """Syscall arguments as tracefs names them (hookql/data/syscalls.json, tools/gen_syscalls.py):
+    syscall ABI, the same on every kernel that has the syscall.  Used where BTF has no
+    __do_sys_X/__se_sys_X prototype, which is most syscalls (those functions are inlined)."""
+    data = json.loads((resources.files("hookql") / "data" / "syscalls.json").read_text(encoding="utf-8"))
+    return data["syscalls"]
+
+
+def _syscalls(idx) -> set[str]:
+    """Syscalls with tracepoints on this kernel: those BTF has a __do_sys_/__se_sys_ prototype for,
+    and entry stubs (__x64_sys_X) of syscalls known to have tracepoints (a stub alone may be
+    cond_syscall's placeholder for one the kernel was built without)."""
+    table = shipped_syscalls()
+    return {s for s, f in idx.syscalls.items() if f or s in table}
+
+
+def _record_format(rec) -> str:
+    out = [f"name: {rec.name}\nformat:\n", _COMMON]
+    for m in rec.members:
+        if m.name in ("ent", "__data") or not m.name:
+            continue
+        off, ty = m.bit_offset // 8, m.type
+        for loc in ("__data_loc", "__rel_loc"):
+            if m.name.startswith(loc + "_"):
+                out.append(_line(f"{loc} char[] {m.name[len(loc) + 1:]}", off, 4, False))
+                break
+        else:
+            layout = ty.strip()
+            elem = layout
+            while elem.kind == "array":
+                elem = elem.target.strip()
+            out.append(_line(ty.c_decl(m.name), off, ty.size, elem.signed))
+    return "".join(out)
+
+
+def _tp_missing_btf(kernel: Kernel, cat: str, name: str, idx) -> ProbeError:
+    if cat == "syscalls":
+        names = [f"sys_{w}_{s}" for s in _syscalls(idx) for w in ("enter", "exit")]
+    else:
+        names = [e for e, c in idx.events.items() if c]
+    close = difflib.get_close_matches(name, names, n=3)
+    return ProbeError(f"no tracepoint '{cat}:{name}' on kernel {kernel.label}",
+                      f"did you mean {', '.join(f'tracepoint:{cat}:{c}' for c in close)}?" if close
+                      else "`hookql hooks 'tracepoint:*'` lists them")
+
+
+def _btf_source(kernel: Kernel, cat: str, name: str) -> str:
+    idx = kernel.btf.tracepoints()
+    m = _SYS_EVENT.fullmatch(name)
+    if cat == "syscalls" and m:
+        func = idx.syscalls.get(m[2], "")
+        how = "struct syscall_trace_exit" if m[1] == "exit" else (
+            f"struct syscall_trace_enter, arguments named by {func}()" if func
+            else "struct syscall_trace_enter, arguments named by hookql/data/syscalls.json")
+        return f"BTF of kernel {kernel.label} ({how})"
+    return (f"BTF of kernel {kernel.label} (struct trace_event_raw_{idx.events.get(name, '?')}; "
+            "BTF does not record the category, so it is not checked)")
+
+
+def tracepoint_list(kernel: Kernel) -> tuple[list[tuple[str, str]], str]:
+    """Every tracepoint (category, name) of a kernel, and where the list came from.
+
+    tracefs when readable (the running kernel, as root); else BTF: events with a record
+    (category "?", BTF does not record it) and syscalls:sys_enter_X/sys_exit_X."""
+    tracefs = kernel.tracefs()
+    if tracefs is not None:
+        try:
+            out = [(c.name, e.name) for c in (tracefs / "events").iterdir() if c.is_dir() and c.name != "ftrace"
+                   for e in c.iterdir() if e.is_dir()]
+            return sorted(out), f"tracefs ({tracefs}/events)"
+        except OSError:
+            pass
+    idx = kernel.btf.tracepoints()
+    out = [("syscalls", f"sys_{w}_{s}") for s in sorted(_syscalls(idx)) for w in ("enter", "exit")]
+    out += [("?", e) for e, c in idx.events.items() if c]
+    return out, f"BTF of kernel {kernel.label}"
