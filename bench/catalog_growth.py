@@ -71,7 +71,6 @@ def measure(rounds: int) -> dict:
     script = f"""
 export HOME={os.path.expanduser('~')} XDG_CACHE_HOME={vm.cache_root().parent.parent} PATH={Path(py).parent}:$PATH
 cd {REPO}
-sysctl -q -w kernel.bpf_stats_enabled=1
 {py} bench/catalog_growth.py --guest {f.name}
 """
     try:
@@ -87,7 +86,9 @@ sysctl -q -w kernel.bpf_stats_enabled=1
 def guest(spec_path: str) -> None:
     sys.path.insert(0, str(HERE))
     import run as bench
+    from progs import enable_stats
 
+    _stats = enable_stats()  # wait_live checks run_cnt: counted while this fd is open (until the guest exits)
     spec = json.loads(Path(spec_path).read_text())
     out = {"kernel": os.uname().release, "rounds": spec["rounds"], "sets": {}}
     for name, s in spec["sets"].items():

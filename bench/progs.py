@@ -29,9 +29,24 @@ _lib.bpf_link_get_next_id.argtypes = [U32, ctypes.POINTER(U32)]
 _lib.bpf_link_get_fd_by_id.argtypes = [U32]
 _lib.bpf_prog_get_fd_by_id.argtypes = [U32]
 _lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(U32)]
+_lib.bpf_enable_stats.argtypes = [ctypes.c_int]
 _lib.bpf_task_fd_query.argtypes = [ctypes.c_int, ctypes.c_int, U32, ctypes.c_char_p, ctypes.POINTER(U32),
                                    ctypes.POINTER(U32), ctypes.POINTER(U32), ctypes.POINTER(U64),
                                    ctypes.POINTER(U64)]
+
+
+BPF_STATS_RUN_TIME = 0  # enum bpf_stats_type
+
+
+def enable_stats() -> int:
+    """Turn on the kernel's run_time_ns / run_cnt accounting for as long as the returned fd is open
+    (bpf(BPF_ENABLE_STATS)): closed, or when this process ends, it is off again unless someone else
+    holds it. The global sysctl kernel.bpf_stats_enabled is never written: other BPF users share it."""
+    fd = _lib.bpf_enable_stats(BPF_STATS_RUN_TIME)
+    if fd < 0:
+        err = ctypes.get_errno() or -fd
+        raise OSError(err, f"bpf(BPF_ENABLE_STATS): {os.strerror(err)}")
+    return fd
 
 
 def _info(fd: int, info: ctypes.Structure) -> bool:

@@ -1,5 +1,10 @@
+"""`python -m hookql`: the same as the `hookql` command (bin/hookql), Ctrl-C included."""
 import sys
 
-from hookql.cli import main
+try:
+    from hookql.cli import main
 
-sys.exit(main())
+    code = main()
+except KeyboardInterrupt:
+    code = 130
+sys.exit(code)

@@ -11,21 +11,24 @@ from hookql import __version__, runargs
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["run"]:
-        fast = runargs.parse(args[1:])  # the common spellings, without argparse
-        if fast is not None:
-            fast.func = cmd_run
-            return _dispatch(fast)
-    ap = _parser()
-    args = ap.parse_args(argv)
-    if not getattr(args, "func", None):
-        if argv is None and sys.stdin.isatty() and sys.stdout.isatty():
-            args.func = cmd_repl  # plain `hookql` on a terminal
-        else:
-            ap.print_help()
-            return 2
-    return _dispatch(args)
+    try:  # Ctrl-C while the options are read, too: quietly 130 (bin/hookql covers the imports before)
+        args = sys.argv[1:] if argv is None else argv
+        if args[:1] == ["run"]:
+            fast = runargs.parse(args[1:])  # the common spellings, without argparse
+            if fast is not None:
+                fast.func = cmd_run
+                return _dispatch(fast)
+        ap = _parser()
+        args = ap.parse_args(argv)
+        if not getattr(args, "func", None):
+            if argv is None and sys.stdin.isatty() and sys.stdout.isatty():
+                args.func = cmd_repl  # plain `hookql` on a terminal
+            else:
+                ap.print_help()
+                return 2
+        return _dispatch(args)
+    except KeyboardInterrupt:
+        return 130
 
 
 def _dispatch(args) -> int:
@@ -218,6 +221,17 @@ def _build(checked, mode: str, out=None):
 
 
 # -- run and compile --------------------------------------------------------------
+def _no_clauses(src, cmd: str) -> int:
+    """A script with no `on` clause (empty, comments, only consts and defs): nothing to attach.
+    `hookql check` accepts it: a library of consts and defs checks on its own."""
+    from hookql.source import Span
+
+    print(_diagnostic("error", Span(src, 1, 1, 1, 2), f"no clauses: nothing for `hookql {cmd}` to attach",
+                      "add a clause, e.g. `on tracepoint:syscalls:sys_enter_getsockopt { count }`; "
+                      "a file of only consts and defs is a library: `use` it from a script").render(
+        sys.stderr.isatty()), file=sys.stderr)
+    return 1
+
 def cmd_compile(args) -> int:
     from hookql.codegen.escape import UnsafeCText
     from hookql.codegen.ir import LoweringError
@@ -230,10 +244,12 @@ def cmd_compile(args) -> int:
     script = _single_script(args, "compile")
     if isinstance(script, int):
         return script
-    src = Source(*script)
+    src = _source(*script)
     checked, _ = _checked_or_report(src, K.select(args.kernel, args.btf))
     if checked is None:
         return 1
+    if not checked.clauses:
+        return _no_clauses(src, "compile")
     mode = features.func_mode() if args.attach == "auto" else args.attach
     if args.emit_c:
         try:
@@ -248,7 +264,8 @@ def cmd_compile(args) -> int:
     compiled = _build(checked, mode, out)
     if isinstance(compiled, int):
         return compiled
-    print(f"wrote {_shown(out)} ({'cached' if compiled.cached else 'built'}; kprobes attach as {mode})", file=sys.stderr)
+    how = f"; kprobes attach as {mode}" if {c.hook.provider for c in checked.clauses} & {"kprobe", "kretprobe"} else ""
+    print(f"wrote {_shown(out)} ({'cached' if compiled.cached else 'built'}{how})", file=sys.stderr)
     return 0
 
 
@@ -257,14 +274,19 @@ def cmd_run(args) -> int:
     from hookql.runtime import features
     from hookql.runtime.libbpf import LibbpfError
     from hookql.runtime.loader import LoadError
-    from hookql.runtime.session import RunOptions, Session
+    from hookql.runtime.session import RunOptions, Session, _alive
 
     script = _single_script(args, "run")
     if isinstance(script, int):
         return script
+    if args.pid is not None and not _alive(args.pid):
+        print(f"hookql: error: -p {args.pid}: no such process; give the id of a running process", file=sys.stderr)
+        return 1
     mode = features.func_mode()
     key = runs.key(*script, mode)
     hit = runs.load(key)
+    if hit and not hit["layout"]["probes"]:
+        hit = None  # nothing to attach: the cold path says so, at the script's line and column
     if hit:  # run before on this kernel: no parse, check, render or clang
         for d in hit["diagnostics"]:
             print(d, file=sys.stderr)
@@ -273,9 +295,12 @@ def cmd_run(args) -> int:
         from hookql import kernel as K
         from hookql.source import Source
 
-        checked, diagnostics = _checked_or_report(Source(*script), K.running())
+        src = _source(*script)
+        checked, diagnostics = _checked_or_report(src, K.running())
         if checked is None:
             return 1
+        if not checked.clauses:
+            return _no_clauses(src, "run")
         compiled = _build(checked, mode)
         if isinstance(compiled, int):
             return compiled
@@ -295,7 +320,7 @@ def cmd_run(args) -> int:
             print(f"  hint: {hint}", file=sys.stderr)
         log = getattr(exc, "log", "")
         if log and args.verbose:
-            print(log, file=sys.stderr)
+            print(_shown(log), file=sys.stderr)
         elif log:
             print("  (-v shows libbpf's log)", file=sys.stderr)
         return 1
@@ -357,22 +382,63 @@ def cmd_hooks(args) -> int:
             print("hookql hooks -v: name a hook, e.g. lsm:socket_connect", file=sys.stderr)
             return 2
         return _describe_hook(cat, kern, args.pattern)
+    if args.pattern and args.pattern.split(":", 1)[0] in ("tracepoint", "t", "tp"):
+        return _list_tracepoints(kern, args.pattern)
     rows = []
+    reasons: dict[str, K.Attach] = {}
     for (prov, name), entries in sorted(cat.by_hook.items()):
         probe = f"{prov}:{name}"
         spellings = [probe] + [f"{prov}:{e.seed_name}" for e in entries]
         if args.pattern and not any(_matches(args.pattern, s) for s in spellings):
             continue
         here = kern.btf.func(f"bpf_lsm_{name}" if prov == "lsm" else name) is not None
-        rows.append((probe, "yes" if here else "NO", ",".join(entries[0].in_kernels) or "-", entries[0].title))
+        att = reasons.setdefault(prov, K.attach_support(kern, prov))
+        rows.append((probe, "yes" if here else "NO", att.shown if here else "-",
+                     ",".join(entries[0].in_kernels) or "-", entries[0].title))
     if not rows:
         print(f"no catalog hook matches '{args.pattern}'", file=sys.stderr)
         return 1
     w = max(len(r[0]) for r in rows)
-    print(f"{'HOOK':<{w}}  {'HERE':<4}  {'REFERENCE':<9}  DESCRIPTION")
-    for probe, here, refs, title in rows:
-        print(f"{probe:<{w}}  {here:<4}  {refs:<9}  {title}")
-    print(f"\n{len(rows)} hooks; HERE: on kernel {kern.label}. `hookql hooks -v HOOK` describes one.", file=sys.stderr)
+    aw = max(6, *(len(r[2]) for r in rows))
+    print(f"{'HOOK':<{w}}  {'BTF':<3}  {'ATTACH':<{aw}}  {'REFERENCE':<9}  DESCRIPTION")
+    for probe, here, att, refs, title in rows:
+        print(f"{probe:<{w}}  {here:<3}  {att:<{aw}}  {refs:<9}  {title}")
+    print(f"\n{len(rows)} hooks; BTF: the hook exists on kernel {kern.label}; ATTACH: it can attach here.",
+          file=sys.stderr)
+    for prov, att in reasons.items():
+        if att.verdict != "-":
+            print(f"  ATTACH {prov}: {att.shown}: {att.reason}", file=sys.stderr)
+    print("`hookql hooks -v HOOK` describes one; `hookql hooks 'tracepoint:*'` lists tracepoints.", file=sys.stderr)
+    return 0
+
+
+def _list_tracepoints(kern, pattern: str) -> int:
+    from hookql.catalog import tracepoint_list
+
+    from hookql import kernel as K
+
+    tps, source = tracepoint_list(kern)
+    rest = pattern.partition(":")[2] or "*"
+    cat_pat, sep, ev_pat = rest.partition(":")
+    from fnmatch import fnmatchcase
+
+    glob = any(c in rest for c in "*?[")
+    part = (lambda pat, v: fnmatchcase(v, pat or "*")) if glob else (lambda pat, v: pat in v)
+    if sep:  # CATEGORY:NAME; BTF's unknown category (?) matches any
+        rows = [f"tracepoint:{c}:{e}" for c, e in tps if (c == "?" or part(cat_pat, c)) and part(ev_pat, e)]
+    else:  # one word: the category or the name
+        rows = [f"tracepoint:{c}:{e}" for c, e in tps if part(rest, e) or (c != "?" and part(rest, c))]
+    if not rows:
+        print(f"no tracepoint matches '{pattern}' (from {source})", file=sys.stderr)
+        return 1
+    att = K.attach_support(kern, "tracepoint")
+    for r in rows:
+        print(r)
+    print(f"\n{len(rows)} tracepoints, from {source}; ATTACH: {att.shown} ({att.reason}). "
+          "`hookql hooks -v tracepoint:CATEGORY:NAME` shows one's fields.", file=sys.stderr)
+    if any(r.startswith("tracepoint:?:") for r in rows):
+        print("  ?: BTF does not record tracepoint categories (tracefs does; it needs root); "
+              "offline, a script's category is not checked.", file=sys.stderr)
     return 0
 
 
@@ -439,8 +505,15 @@ def _print_hook(h: Hook, cat: Catalog) -> None:
         out("  (a kretprobe cannot read arguments: " + ", ".join(h.entry_args.values()) + ")")
     if h.provider == "lsm":
         out(f"  Can deny: {'yes (with --enforce)' if h.can_deny else 'no, the hook returns void'}")
+    if h.provider == "tracepoint":
+        out(f"  Fields from: {h.tp_source or 'nowhere'}")
     if not h.tp_fields_known:
-        out("  (tracepoint fields are read from tracefs of the running kernel)")
+        out("  (BTF does not give this tracepoint's fields; tracefs of the running kernel does, as root)")
+    from hookql import kernel as K
+
+    att = K.attach_support(h.kernel, h.provider)
+    if att.verdict != "-":
+        out(f"  Attach here: {att.shown}: {att.reason}")
 
 
 if __name__ == "__main__":

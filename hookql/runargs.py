@@ -9,6 +9,8 @@ parses the same argv and says what is wrong.
 """
 from __future__ import annotations
 
+import os  # imported by Python's startup anyway: free
+
 UNITS = (("ns", 1e-9), ("us", 1e-6), ("ms", 1e-3), ("s", 1.0), ("m", 60.0), ("h", 3600.0))
 
 
@@ -26,19 +28,60 @@ def duration(text: str) -> float:
     return float(t) * scale
 
 
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE")
+MAX_MAP_SIZE = 1 << 28  # the kernel's ceiling for a hash map (2**28 buckets of 16 bytes: 4 GiB)
+MAX_RINGBUF_SIZE = 1 << 31  # 2 GiB: the largest power of 2 under the kernel's ceiling (just under 4 GiB)
+MAX_PID = 1 << 22  # PID_MAX_LIMIT on 64-bit kernels: no process id is larger
+
+
+def pid(text: str) -> int:
+    """-p: a process id, a positive integer."""
+    n = _integer(text)
+    if n is None or not 1 <= n <= MAX_PID:
+        raise ValueError(f"'{text}' is not a process id (a positive integer, at most {MAX_PID})")
+    return n
+
+
+def map_size(text: str) -> int:
+    """--map-size: entries per keyed aggregation, 1 .. MAX_MAP_SIZE."""
+    n = _integer(text)
+    if n is None or not 1 <= n <= MAX_MAP_SIZE:
+        raise ValueError(f"'{text}' is not a map size: give a number of entries from 1 to {MAX_MAP_SIZE} "
+                         "(2**28, the kernel's limit for a hash map; the default is 4096)")
+    return n
+
+
+def ringbuf_size(text: str) -> int:
+    """--ringbuf-size: bytes, a power of 2 and a multiple of the page size, up to MAX_RINGBUF_SIZE."""
+    n = _integer(text)
+    if n is None or not PAGE_SIZE <= n <= MAX_RINGBUF_SIZE or n & (n - 1):
+        raise ValueError(f"'{text}' is not a ring buffer size: give a power of 2 from the page size ({PAGE_SIZE}) "
+                         f"to {MAX_RINGBUF_SIZE} (2 GiB), e.g. 8388608 (8 MiB, the default)")
+    return n
+
+
+def _integer(text: str) -> int | None:
+    """A decimal integer as int() reads it (sign, spaces, underscores), or None."""
+    try:
+        return int(text)
+    except ValueError:
+        return None
+
+
 # (flags, dest, how: "value" | "flag", convert, choices, metavar, help)
 OPTIONS = (
     (("-e",), "expr", "value", str, None, "SCRIPT", "run this script text instead of a file"),
     (("-d", "--duration"), "duration", "value", duration, None, "TIME", "stop after TIME (10s, 500ms, 2m)"),
     (("-c",), "command", "value", str, None, "CMD", "run CMD once attached; stop when it exits"),
-    (("-p",), "pid", "value", int, None, "PID", "only events of process PID; stop when it exits"),
+    (("-p",), "pid", "value", pid, None, "PID", "only events of process PID; stop when it exits"),
     (("--every",), "every", "value", duration, None, "TIME", "also print the aggregations every TIME"),
     (("--format",), "format", "value", str, ("text", "json"), None, None),
     (("--enforce",), "enforce", "flag", None, None, None, "let `deny` block; without it, deny only counts"),
-    (("--map-size",), "map_size", "value", int, None, "N",
-     "entries per keyed aggregation (default 4096, as bpftrace)"),
-    (("--ringbuf-size",), "ringbuf_size", "value", int, None, "BYTES",
-     "ring buffer for emit, a power of 2 (default 8 MiB); drops are counted and reported"),
+    (("--map-size",), "map_size", "value", map_size, None, "N",
+     f"entries per keyed aggregation, 1 to {MAX_MAP_SIZE} (default 4096, as bpftrace)"),
+    (("--ringbuf-size",), "ringbuf_size", "value", ringbuf_size, None, "BYTES",
+     f"ring buffer for emit, a power of 2 from the page size to {MAX_RINGBUF_SIZE} (default 8 MiB); "
+     "drops are counted and reported"),
     (("-v", "--verbose"), "verbose", "flag", None, None, None, "say how each probe attached; show libbpf's log"),
 )
 DEFAULTS = {"file": None, "format": "text", **{o[1]: None for o in OPTIONS if o[2] == "value" and o[1] != "format"},
@@ -63,7 +106,7 @@ def add_to(p) -> None:
         if how == "flag":
             p.add_argument(*flags, dest=dest, action="store_true", help=help)
         else:
-            p.add_argument(*flags, dest=dest, type=typed(convert) if convert is duration else convert,
+            p.add_argument(*flags, dest=dest, type=convert if convert in (str, int) else typed(convert),
                            choices=choices, metavar=metavar, help=help, default=DEFAULTS[dest])
 
 

@@ -23,10 +23,29 @@ class LoadError(Exception):
 
 
 class Attached:
-    __slots__ = ("probe", "attach", "link")  # not a dataclass: its import is a tenth of a warm start
+    __slots__ = ("probe", "attach", "link", "prog_fd")  # not a dataclass: its import is a tenth of a warm start
 
-    def __init__(self, probe: str, attach: str, link: int):
-        self.probe, self.attach, self.link = probe, attach, link
+    def __init__(self, probe: str, attach: str, link: int, prog_fd: int = -1):
+        self.probe, self.attach, self.link, self.prog_fd = probe, attach, link, prog_fd
+
+    @property
+    def prog_id(self) -> int | None:
+        """The kernel's id of the attached program (`bpftool prog show id N`), as long as it is held."""
+        return program_id(self.prog_fd)
+
+
+class _ProgInfoHead(ctypes.Structure):
+    """The head of struct bpf_prog_info: the kernel fills as much as we ask for."""
+    _fields_ = [("type", ctypes.c_uint32), ("id", ctypes.c_uint32)]
+
+
+def program_id(fd: int) -> int | None:
+    if fd < 0:
+        return None
+    info, size = _ProgInfoHead(), ctypes.c_uint32(ctypes.sizeof(_ProgInfoHead))
+    if libbpf.lib().bpf_obj_get_info_by_fd(fd, ctypes.byref(info), ctypes.byref(size)) != 0:
+        return None
+    return info.id
 
 
 class _OpenOpts(ctypes.Structure):
@@ -44,6 +63,7 @@ class BpfObject:
         self.layout = layout
         self.obj = 0
         self.links: list[Attached] = []
+        self.sizes: dict[str, int] = {}  # the options that resized maps: --map-size, --ringbuf-size
 
     # -- lifecycle --
     def __enter__(self) -> "BpfObject":
@@ -79,11 +99,13 @@ class BpfObject:
         buf = ctypes.create_string_buffer(data, len(data))
         libbpf.check_int(self.l.bpf_map__set_initial_value(cfg, buf, len(data)), "bpf_map__set_initial_value",
                          ".rodata.hq_cfg")
-        if ringbuf_size and self.layout["emits"]:
+        if ringbuf_size is not None and self.layout["emits"]:
+            self.sizes["--ringbuf-size"] = ringbuf_size
             m = self.l.bpf_object__find_map_by_name(self.obj, b"hq_events")
             libbpf.check_int(self.l.bpf_map__set_max_entries(m, ringbuf_size), "bpf_map__set_max_entries",
                              "hq_events (--ringbuf-size must be a power of 2 and a multiple of the page size)")
-        if map_entries:
+        if map_entries is not None:
+            self.sizes["--map-size"] = map_entries
             for agg in self.layout["aggregations"]:
                 if agg["by"]:
                     m = self.l.bpf_object__find_map_by_name(self.obj, agg["map"].encode())
@@ -102,18 +124,19 @@ class BpfObject:
         libbpf.messages.clear()
         ret = self.l.bpf_object__load(self.obj)
         if ret < 0:
-            raise _load_error(-ret, self.layout)
+            raise _map_error(-ret, self.layout, self.sizes) or _load_error(-ret, self.layout)
 
     def attach_all(self) -> list[Attached]:
         for p in self.layout["probes"]:
             prog = self.l.bpf_object__find_program_by_name(self.obj, p["func"].encode())
-            if not prog or self.l.bpf_program__fd(prog) < 0:
+            fd = self.l.bpf_program__fd(prog) if prog else -1
+            if fd < 0:
                 continue
             libbpf.messages.clear()
             link = self.l.bpf_program__attach(prog)
             if not link:
                 raise _attach_error(ctypes.get_errno(), p)
-            self.links.append(Attached(p["text"], p["attach"], link))
+            self.links.append(Attached(p["text"], p["attach"], link, fd))
         return self.links
 
     def map_fd(self, name: str) -> int:
@@ -122,8 +145,12 @@ class BpfObject:
         return self.l.bpf_map__fd(m)
 
 
-def _log() -> str:
-    return "\n".join(m for _, m in libbpf.messages)
+def _log(layout: dict | None = None) -> str:
+    """libbpf's messages; with the layout, the verifier's line-info lines carry the script's own text."""
+    log = "\n".join(m for _, m in libbpf.messages)
+    if layout is not None:
+        log = libbpf.annotate_log(log, layout.get("source", ""), layout.get("lines", {}))
+    return log
 
 
 def _failed_probe(layout: dict) -> dict | None:
@@ -134,6 +161,39 @@ def _failed_probe(layout: dict) -> dict | None:
         if hit:
             return next((p for p in layout["probes"] if p["func"] == hit[1]), None)
     return None
+
+
+# The maps HookQL declares, what each holds, and the option that sizes it.
+_MAP_OPTION = {"hq_events": "--ringbuf-size"}
+_DEFAULT_SIZE = {"--map-size": "4096 entries", "--ringbuf-size": "8 MiB"}
+
+
+def _failed_map() -> str | None:
+    """The map libbpf could not create, from its log ("map 'hq_agg0': failed to create: ...")."""
+    import re
+
+    for _, m in reversed(libbpf.messages):
+        hit = re.search(r"map '([^']+)': failed to create", m)
+        if hit:
+            return hit[1]
+    return None
+
+
+def _map_error(err: int, layout: dict, sizes: dict) -> LoadError | None:
+    """Map creation refused for its size (ENOMEM, E2BIG, EINVAL): what it is, not a HookQL bug."""
+    name = _failed_map()
+    if name is None or err not in (errno.ENOMEM, errno.E2BIG, errno.EINVAL):
+        return None
+    agg = next((a for a in layout["aggregations"] if a["map"] == name), None)
+    option = _MAP_OPTION.get(name) or ("--map-size" if agg and agg["by"] else None)
+    what = (f"the map of `{agg['text']}` (line {agg['line']}, {name})" if agg
+            else "the ring buffer of `emit` (hq_events)" if name == "hq_events" else f"map {name}")
+    size = (f"{option} {sizes[option]}" if option in sizes
+            else f"its default size ({_DEFAULT_SIZE[option]})" if option else "its size")
+    why = {errno.ENOMEM: "too large for this machine's memory or memory limits",
+           errno.E2BIG: "too large for this kernel's limits", errno.EINVAL: "a size this kernel refuses"}[err]
+    hint = (f"lower {option}" if option else "free some memory, or raise this process's memory limit (cgroup)")
+    return LoadError(f"cannot create {what} with {size}: {why} ({errno.errorcode[err]})", hint, _log())
 
 
 def _load_error(err: int, layout: dict) -> LoadError:
@@ -155,7 +215,7 @@ def _load_error(err: int, layout: dict) -> LoadError:
         return LoadError(f"{what}: the hook is missing from this kernel ({errno.errorcode.get(err)})",
                          "check the script with `hookql check` on this kernel", _log())
     return LoadError(f"the kernel's verifier rejected {what}: {libbpf.strerror(err)}",
-                     "this is a HookQL bug: please report it with the verifier log (-v)", _log())
+                     "this is a HookQL bug: please report it with the verifier log (-v)", _log(layout))
 
 
 def _attach_error(err: int, p: dict) -> LoadError:

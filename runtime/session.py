@@ -53,11 +53,13 @@ class Session:
             with BpfObject(self.obj, self.layout) as obj:
                 obj.configure(self.opts.pid or 0, self.opts.enforce, self.opts.map_entries, self.opts.ringbuf_size)
                 obj.load()
+                if self.stopped_by is not None:  # stopped before anything attached: nothing to print
+                    return 128 + self.stopped_by
                 links = obj.attach_all()
                 self.err.write(f"Attached {len(links)} probe{'s' * (len(links) != 1)}\n")
                 if self.opts.verbose:
-                    for a in links:
-                        self.err.write(f"  {a.probe} as {a.attach}\n")
+                    for a in links:  # the program's id: `bpftool prog show id N` while it runs
+                        self.err.write(f"  {a.probe} as {a.attach} (program id {a.prog_id})\n")
                 self.err.flush()
                 child = self._start_child()
                 self._loop(obj, child)

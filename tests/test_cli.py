@@ -83,3 +83,23 @@ def test_hooks_verbose_describes_a_hook():
 def test_hooks_verbose_on_a_missing_hook():
     r = run("hooks", "-v", "kprobe:icmp_send", "--kernel", "6.1")
     assert r.returncode == 1 and "use kprobe:__icmp_send instead" in r.stderr
+
+
+def test_check_accepts_a_script_without_clauses(tmp_path):
+    """A file of consts and defs is a library: it checks on its own (run and compile refuse it:
+    tests/test_run_options.py)."""
+    lib = tmp_path / "lib.hq"
+    lib.write_text("# ports\nconst WEB = {80, 443}\ndef web(p) = p in WEB\n")
+    r = run("check", str(lib))
+    assert r.returncode == 0 and "ok: 1 script checked" in r.stderr, r.stderr
+    assert run("check", "-e", "").returncode == 0
+
+
+def test_ctrl_c_while_reading_options_is_quiet(monkeypatch):
+    from hookql import cli, runargs
+
+    def interrupted(argv):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(runargs, "parse", interrupted)
+    assert cli.main(["run", "-e", "on a:b { count }"]) == 130

@@ -46,6 +46,13 @@ class Screen:
             time.sleep(0.2)
         raise AssertionError(f"{needle!r} never appeared; screen:\n{self.text()}")
 
+    def repl_pid(self) -> int:
+        """The REPL's process: the child of the pane's shell (env execs hookql)."""
+        shell = subprocess.run(["tmux", "display", "-p", "-t", self.name, "#{pane_pid}"], capture_output=True,
+                               text=True, check=True).stdout.strip()
+        children = Path(f"/proc/{shell}/task/{shell}/children").read_text().split()
+        return int(children[0])
+
     def close(self) -> None:
         subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
 
@@ -57,9 +64,29 @@ def screen(tmp_path):
     s.close()
 
 
-def our_programs() -> list[str]:
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-    return [l for l in out.splitlines() if " hq_probe" in l]
+def held_programs(pid: int) -> set[int]:
+    """The ids of the BPF programs process `pid` holds (program and link descriptors): the REPL's own,
+    never anything else on the host that happens to share a name."""
+    ids = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for f in fdinfo.iterdir() if fdinfo.is_dir() else ():
+        try:
+            text = f.read_text()
+        except OSError:
+            continue  # closed meanwhile
+        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
+    return ids
+
+
+def gone(ids: set[int], timeout: float = 10) -> bool:
+    """None of these programs is loaded any more (the kernel frees them after an RCU grace period)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if all(subprocess.run(["bpftool", "prog", "show", "id", str(i)], capture_output=True).returncode
+               for i in ids):
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def test_completion_error_recovery_and_meta(screen):
@@ -92,9 +119,12 @@ def test_live_clause_ctrl_c_save_and_ctrl_d(screen, tmp_path):
     screen.wait_for("Attached 1 probe")
     subprocess.run([sys.executable, str(WORKLOAD), comm, "6", "0"], check=True)
     screen.wait_for(f"{comm}      6")  # the live view redraws with the count
+    repl = screen.repl_pid()
+    live = held_programs(repl)
+    assert live
     screen.send("C-c")
     screen.wait_for("hq>", after=f"{comm}      6")
-    assert our_programs() == []  # Ctrl-C detached it
+    assert held_programs(repl) == set() and gone(live)  # Ctrl-C detached it
     saved = tmp_path / "saved.hq"
     screen.type(f":save {saved}")
     screen.send("Enter")
@@ -108,13 +138,14 @@ def test_live_clause_ctrl_c_save_and_ctrl_d(screen, tmp_path):
     screen.type(f'on {TP} where comm == "{comm}" {{ count }} &')
     screen.send("Enter")
     screen.wait_for("[1] attached in the background")
-    assert our_programs()
+    background = held_programs(repl)
+    assert background
     screen.type(":list")
     screen.send("Enter")
     screen.wait_for("[1] on tracepoint")
     screen.send("C-d")
     screen.wait_for("REPL-EXITED 0")
-    assert our_programs() == []
+    assert gone(background)
 
 
 def test_without_root_it_checks_and_says_why_it_cannot_attach(tmp_path):

@@ -2,6 +2,7 @@
 tracepoints, read the maps back and check the numbers."""
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -41,9 +42,40 @@ def by_text(objs):
     return {o["text"]: o for o in objs if "aggregation" in o}
 
 
-def our_programs() -> list[str]:
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
-    return [line for line in out.splitlines() if " hq_probe" in line]
+# Our programs are the ids our hookql process printed (`run -v`), never every program named hq_probe*
+# on the host: another BPF user of the machine (another test run, another tool) is not ours to count.
+def program_ids(stderr: str) -> list[int]:
+    """The ids `hookql run -v` printed for the programs it attached."""
+    return [int(i) for i in re.findall(r"\(program id (\d+)\)", stderr)]
+
+
+def still_loaded(ids, wait: float = 10) -> list[int]:
+    """Those of ids the kernel still has (`bpftool prog show id N` finds it), after waiting up to `wait`
+    seconds for it to free them (a program goes when its last fd and link do, after an RCU grace period)."""
+    deadline = time.monotonic() + wait
+    while True:
+        left = [i for i in ids if subprocess.run(["bpftool", "prog", "show", "id", str(i)],
+                                                 capture_output=True).returncode == 0]
+        if not left or time.monotonic() > deadline:
+            return left
+        time.sleep(0.05)
+
+
+def start_attached(*args, stdout=subprocess.PIPE):
+    """`hookql run -v ARGS` started and read until every probe attached: (process, its program ids)."""
+    p = subprocess.Popen(hookql_cmd() + ["run", "-v", *args], stdout=stdout, stderr=subprocess.PIPE, text=True)
+    head, ids, want = [], [], None
+    while want is None or len(ids) < want:
+        line = p.stderr.readline()
+        if not line:
+            p.kill()
+            raise AssertionError("hookql ended before attaching:\n" + "".join(head) + p.stderr.read())
+        head.append(line)
+        if line.startswith("Attached "):
+            want = int(line.split()[1])
+        ids += program_ids(line)
+    assert ids, "".join(head)
+    return p, ids
 
 
 def test_every_aggregation_reads_back_exact_numbers():
@@ -104,36 +136,31 @@ def test_every_prints_while_running():
 
 def test_duration_stops_and_nothing_stays_attached():
     start = time.monotonic()
-    r = hookql("run", "-d", "700ms", "-e", f"on {TP} {{ count }}")
+    r = hookql("run", "-v", "-d", "700ms", "-e", f"on {TP} {{ count }}")
     assert r.returncode == 0 and "Attached 1 probe" in r.stderr
     assert 0.7 <= time.monotonic() - start < 20
-    assert our_programs() == []
+    ids = program_ids(r.stderr)
+    assert len(ids) == 1, r.stderr
+    assert still_loaded(ids) == []
 
 
 def test_sigterm_stops_prints_and_releases():
-    p = subprocess.Popen(hookql_cmd() + ["run", "-e", f"on {TP} {{ count }}"], stdout=subprocess.PIPE,
-                         stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 30
-    while not our_programs() and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert our_programs(), "the probe never attached"
+    p, ids = start_attached("-e", f"on {TP} {{ count }}")
+    assert still_loaded(ids, wait=0) == ids, "the probe never attached"
     p.send_signal(signal.SIGTERM)
     out, err = p.communicate(timeout=30)
     assert p.returncode == 0, err
     assert f"{TP}: count" in out
-    assert our_programs() == []
+    assert still_loaded(ids) == []
 
 
 def test_sigkill_leaves_nothing_attached():
-    p = subprocess.Popen(hookql_cmd() + ["run", "-e", f"on {TP} {{ count }}"], stdout=subprocess.DEVNULL,
-                         stderr=subprocess.DEVNULL)
-    deadline = time.monotonic() + 30
-    while not our_programs() and time.monotonic() < deadline:
-        time.sleep(0.1)
+    p, ids = start_attached("-e", f"on {TP} {{ count }}", stdout=subprocess.DEVNULL)
+    assert still_loaded(ids, wait=0) == ids
     p.kill()
     p.wait()
-    time.sleep(0.2)  # the kernel frees the programs when the last fd closes
-    assert our_programs() == []
+    p.stderr.close()
+    assert still_loaded(ids) == []  # the kernel frees the programs when the last fd closes
 
 
 def test_pid_filter():
@@ -178,16 +205,18 @@ def test_compile_emit_c_and_cache(tmp_path):
 
 
 def test_run_reports_check_errors_before_loading():
-    r = hookql("run", "-e", f"on {TP} {{ count by nope }}")
+    r = hookql("run", "-v", "-e", f"on {TP} {{ count by nope }}")
     assert r.returncode == 1
     assert r.stderr.startswith("<-e>:1:") and "nothing was loaded" in r.stderr
-    assert our_programs() == []
+    assert "Attached" not in r.stderr and program_ids(r.stderr) == []
 
 
 def test_command_that_cannot_start():
-    r = hookql("run", "-e", f"on {TP} {{ count }}", "-c", "/nonexistent/cmd")
+    r = hookql("run", "-v", "-e", f"on {TP} {{ count }}", "-c", "/nonexistent/cmd")
     assert r.returncode == 1 and "cannot run -c" in r.stderr and "Traceback" not in r.stderr
-    assert our_programs() == []
+    ids = program_ids(r.stderr)
+    assert len(ids) == 1, r.stderr  # attached first, then the command could not start
+    assert still_loaded(ids) == []
 
 
 def test_ring_buffer_drops_are_counted_and_reported():
