@@ -1,6 +1,7 @@
 import os
 import shutil
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -60,5 +61,8 @@ def one_error(text: str, kernel):
 
 
 def hookql_cmd() -> list[str]:
-    exe = shutil.which("hookql")
-    return [exe] if exe else ["python", "-m", "hookql"]
+    """The hookql command of the Python running the tests (bin/setup's .venv), whatever PATH holds."""
+    beside = Path(sys.executable).with_name("hookql")
+    if beside.is_file():
+        return [str(beside)]
+    return [sys.executable, "-m", "hookql"]
