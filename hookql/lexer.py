@@ -62,8 +62,8 @@ def lark_parser() -> Lark:
         try:
             tables = marshal.loads(data)
             return Lark._load_from_dict(tables["data"], tables["memo"])
-        except Exception:  # another Lark's layout: build the tables again, and store them over it
-            pass
+        except (KeyError, TypeError, ValueError, AttributeError, AssertionError, EOFError):
+            pass  # another Lark's layout (the stamp names Lark's version): build the tables again, store them
     parser = Lark(grammar, **_LARK_OPTIONS)
     tables, memo = parser.memo_serialize([TerminalDef, Rule])
     blobs.put("grammar", name, marshal.dumps({"data": tables, "memo": memo}))
