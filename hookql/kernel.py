@@ -41,6 +41,8 @@ class Kernel:
         if not self.running:
             return None
         env = os.environ.get(TRACEFS_ENV)
+        if env and not _trusted_dir(env):
+            return None  # another user's directory (sudo -E keeps the variable): not read; BTF instead
         for p in (Path(env),) if env else TRACEFS:
             try:
                 with os.scandir(p / "events") as it:  # opening it needs read and search permission
@@ -150,6 +152,17 @@ def attach_support(kern: Kernel, provider: str) -> Attach:
 
 _FENTRY: dict[str, tuple[bool, str] | None] = {}
 _FENTRY_TARGETS = ("security_socket_connect", "tcp_sendmsg", "do_sys_openat2", "vfs_read")
+
+
+def _trusted_dir(path: str) -> bool:
+    """Every directory on the way to path is root's or ours, writable by nobody else (hookql/cache/dirs.py)."""
+    from hookql.cache import dirs
+
+    try:
+        dirs.trusted_path(path, os.geteuid(), path)
+        return True
+    except dirs.CacheError:
+        return False
 
 
 def fentry_works(kern: Kernel) -> tuple[bool, str] | None:

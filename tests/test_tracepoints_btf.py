@@ -149,3 +149,19 @@ def test_cli_as_nobody(tmp_path):
                         "--bounding-set=-all", "env", f"HOME={home}", f"XDG_CACHE_HOME={home}/cache",
                         *exe, "check", "-e", README_TP], capture_output=True, text=True, cwd=home, timeout=180)
     assert r.returncode == 0, r.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root reading a directory another user wrote")
+def test_a_tracefs_another_user_wrote_is_not_read(tmp_path):
+    """`sudo -E` keeps HOOKQL_TRACEFS: root must not take a user's format files for the kernel's."""
+    fake = tmp_path / "alice" / "tracefs"
+    fmt = fake / "events" / "syscalls" / "sys_enter_getsockopt" / "format"
+    fmt.parent.mkdir(parents=True)
+    fmt.write_text("name: sys_enter_getsockopt\nID: 1\nformat:\n"
+                   "\tfield:unsigned short common_type;\toffset:0;\tsize:2;\tsigned:0;\n"
+                   "\tfield:long pwned;\toffset:4000;\tsize:8;\tsigned:1;\n")
+    for d in [tmp_path / "alice", *[p for p in fake.rglob("*")], fake]:
+        os.chown(d, 65534, 65534)
+    r = _cli(["check", "-e", "on tracepoint:syscalls:sys_enter_getsockopt { count by pwned }"],
+             {"HOOKQL_TRACEFS": str(fake)}, tmp_path)
+    assert r.returncode == 1 and "pwned" in r.stderr and "optname" in r.stderr, r.stderr  # BTF's fields
