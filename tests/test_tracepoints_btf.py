@@ -138,16 +138,15 @@ def test_cli_as_nobody(tmp_path):
     exe = hookql_cmd()
     if os.geteuid() != 0 or not shutil.which("setpriv"):
         pytest.skip("needs root and setpriv")
-    probe = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *exe, "--version"],
-                           capture_output=True, text=True, cwd="/")
-    if probe.returncode != 0:
-        pytest.skip(f"user nobody cannot run this Python ({probe.stderr.strip()[:80]})")
     home = tmp_path / "home"
     home.mkdir()
     os.chown(home, 65534, 65534)
-    r = subprocess.run(["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
-                        "--bounding-set=-all", "env", f"HOME={home}", f"XDG_CACHE_HOME={home}/cache",
-                        *exe, "check", "-e", README_TP], capture_output=True, text=True, cwd=home, timeout=180)
+    nobody = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all",
+              "env", f"HOME={home}", f"XDG_CACHE_HOME={home}/cache", *exe]
+    probe = subprocess.run(nobody + ["--version"], capture_output=True, text=True, cwd=home)
+    if probe.returncode != 0:  # exactly as the run below: e.g. a Python under /root, which nobody cannot reach
+        pytest.skip(f"user nobody cannot run this Python ({probe.stderr.strip()[:80]})")
+    r = subprocess.run(nobody + ["check", "-e", README_TP], capture_output=True, text=True, cwd=home, timeout=180)
     assert r.returncode == 0, r.stderr
 
 
