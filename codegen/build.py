@@ -77,25 +77,61 @@ def build(c_source: str, out: str | None = None) -> Built:
         obj = _clang(exe, c_source)
     path = blobs.put("obj", name, obj) if not hit else None
     if out is not None:
-        write_file(out, obj)
+        try:
+            write_file(out, obj)
+        except OSError as exc:
+            raise BuildError(f"cannot write {out}: {exc.strerror or exc}", bug=False) from None
     return Built(obj, hit, name, path)
 
 
 def _clang(exe: str, c_source: str) -> bytes:
-    """The object clang makes of c_source, in a private temporary directory."""
-    with tempfile.TemporaryDirectory(prefix="hookql-clang-") as tmp:
-        target = os.path.join(tmp, "prog.bpf.o")
-        proc = subprocess.run([exe, *flags(), "-c", "-x", "c", "-", "-o", target], input=c_source,
-                              capture_output=True, text=True)
-        if proc.returncode != 0:
-            raise BuildError(proc.stderr.strip() or f"clang exited with {proc.returncode}")
-        with open(target, "rb") as f:
-            return f.read()
+    """The object clang makes of c_source."""
+    code, out, err = run_clang(exe, ["-c", *flags()], c_source.encode(), "prog.bpf.o")
+    if code != 0:
+        raise BuildError(err.strip() or f"clang exited with {code}")
+    return out
+
+
+# clang reads its options, include paths and helper programs from the environment (CCC_OVERRIDE_OPTIONS,
+# CPATH, COMPILER_PATH, ...); run as root with a user's environment (sudo -E), that is the user's code.
+_CLANG_ENV = {"PATH": "/usr/local/bin:/usr/bin:/bin", "LC_ALL": "C"}
+
+
+def run_clang(exe: str, args: list[str], source: bytes, output: str) -> tuple[int, bytes, str]:
+    """clang ARGS on C from standard input, with a fixed environment and a private temporary directory;
+    (exit code, the output file's bytes, clang's messages)."""
+    from hookql.cache import dirs
+
+    try:
+        with dirs.private_tmpdir() as tmp:
+            target = os.path.join(tmp, output)
+            proc = subprocess.run([exe, *args, "-x", "c", "-", "-o", target], input=source, capture_output=True,
+                                  cwd=tmp, env=dict(_CLANG_ENV, TMPDIR=tmp, HOME=tmp))
+            err = proc.stderr.decode(errors="replace")
+            return proc.returncode, dirs.read_own(target) if proc.returncode == 0 else b"", err
+    except dirs.CacheError as exc:
+        raise BuildError(str(exc), bug=False) from None
 
 
 def write_file(out: str, data: bytes) -> None:
-    """out holds data whole or is left as it was: a temporary file beside it, then a rename."""
+    """out holds data whole or is left as it was: a temporary file beside it, then a rename.  A device or
+    a pipe (-o /dev/null, a FIFO) is written to, never replaced; a symbolic link is refused."""
+    import stat
+
     out = os.fspath(out)
+    try:
+        st = os.lstat(out)
+    except FileNotFoundError:
+        st = None
+    if st is not None and stat.S_ISLNK(st.st_mode):
+        raise OSError(40, f"{out} is a symbolic link; give the file it points to")
+    if st is not None and (stat.S_ISCHR(st.st_mode) or stat.S_ISFIFO(st.st_mode)):
+        fd = os.open(out, os.O_WRONLY | os.O_NOFOLLOW | os.O_CLOEXEC)
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        return
+    if st is not None and not stat.S_ISREG(st.st_mode):
+        raise OSError(21, f"{out} is not a regular file")
     fd, tmp = tempfile.mkstemp(prefix=".hookql-", suffix=".tmp", dir=os.path.dirname(os.path.abspath(out)))
     try:
         with os.fdopen(fd, "wb") as f:

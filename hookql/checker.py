@@ -81,9 +81,15 @@ class FileResolver:
         else:
             start = os.getcwd() if source.name.startswith("<") else os.path.realpath(os.path.dirname(
                 os.path.abspath(source.name)))
+        from hookql.libs.manifest import trusted
+
+        try:
+            owner = os.stat(source.real).st_uid if source.real else None
+        except OSError:
+            owner = None
         d = start
         while True:
-            if os.path.isfile(os.path.join(d, "hookql.toml")):
+            if trusted(os.path.join(d, "hookql.toml"), owner):  # not a manifest another user left above
                 root = d
                 break
             if os.path.dirname(d) == d:

@@ -162,15 +162,25 @@ def _read_text(f: str) -> tuple[str, str] | None:
     if f == "-":
         return "<stdin>", sys.stdin.read()
     try:
-        with open(f, encoding="utf-8") as fh:
+        # O_NONBLOCK: a FIFO put where the script was would otherwise hang the open; only a file is read
+        fd = os.open(f, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+        with open(fd, encoding="utf-8") as fh:
+            if not _is_file(fd):
+                raise IsADirectoryError(21, "not a regular file")
             try:
-                _REAL[f] = os.readlink(f"/proc/self/fd/{fh.fileno()}")
+                _REAL[f] = os.readlink(f"/proc/self/fd/{fd}")
             except OSError:
                 _REAL[f] = os.path.realpath(f)
             return f, fh.read()
     except (OSError, UnicodeDecodeError) as exc:
         print(f"{_shown(f)}: error: cannot read: {getattr(exc, 'strerror', None) or exc}", file=sys.stderr)
         return None
+
+
+def _is_file(fd: int) -> bool:
+    import stat
+
+    return stat.S_ISREG(os.fstat(fd).st_mode)
 
 
 def _checked_or_report(src: Source, kern: K.Kernel):
@@ -396,13 +406,13 @@ def cmd_hooks(args) -> int:
         rows.append((probe, "yes" if here else "NO", att.shown if here else "-",
                      ",".join(entries[0].in_kernels) or "-", entries[0].title))
     if not rows:
-        print(f"no catalog hook matches '{args.pattern}'", file=sys.stderr)
+        print(f"no catalog hook matches '{_shown(args.pattern)}'", file=sys.stderr)
         return 1
     w = max(len(r[0]) for r in rows)
     aw = max(6, *(len(r[2]) for r in rows))
     print(f"{'HOOK':<{w}}  {'BTF':<3}  {'ATTACH':<{aw}}  {'REFERENCE':<9}  DESCRIPTION")
     for probe, here, att, refs, title in rows:
-        print(f"{probe:<{w}}  {here:<3}  {att:<{aw}}  {refs:<9}  {title}")
+        print(_shown(f"{probe:<{w}}  {here:<3}  {att:<{aw}}  {refs:<9}  {title}"))
     print(f"\n{len(rows)} hooks; BTF: the hook exists on kernel {kern.label}; ATTACH: it can attach here.",
           file=sys.stderr)
     for prov, att in reasons.items():
@@ -429,11 +439,11 @@ def _list_tracepoints(kern, pattern: str) -> int:
     else:  # one word: the category or the name
         rows = [f"tracepoint:{c}:{e}" for c, e in tps if part(rest, e) or (c != "?" and part(rest, c))]
     if not rows:
-        print(f"no tracepoint matches '{pattern}' (from {source})", file=sys.stderr)
+        print(f"no tracepoint matches '{_shown(pattern)}' (from {source})", file=sys.stderr)
         return 1
     att = K.attach_support(kern, "tracepoint")
     for r in rows:
-        print(r)
+        print(_shown(r))  # names from BTF, which --btf can make anything
     print(f"\n{len(rows)} tracepoints, from {source}; ATTACH: {att.shown} ({att.reason}). "
           "`hookql hooks -v tracepoint:CATEGORY:NAME` shows one's fields.", file=sys.stderr)
     if any(r.startswith("tracepoint:?:") for r in rows):
@@ -468,7 +478,7 @@ def _describe_hook(cat: Catalog, kern: K.Kernel, spec: str) -> int:
 
 
 def _print_hook(h: Hook, cat: Catalog) -> None:
-    out = print
+    out = lambda text: print(_shown(text))  # noqa: E731  names and types from BTF, which --btf can make anything
     spellings = sorted({e.seed_name for e in h.seeds} - {h.name})
     out(h.probe + (f"   (seed: {', '.join(spellings)})" if spellings else ""))
     for e in h.seeds[:1]:

@@ -14,7 +14,6 @@ import errno as _errno
 import hashlib
 import json
 import os
-import subprocess
 from functools import cache
 from pathlib import Path
 
@@ -74,26 +73,21 @@ def _library() -> ctypes.CDLL:
 
 
 def _build(src: bytes) -> bytes:
-    """runtime/events.c as a shared library, built with clang in a private temporary directory."""
-    import tempfile
-
-    from hookql.codegen.build import BuildError, clang
+    """runtime/events.c as a shared library, built with clang (codegen/build.py run_clang)."""
+    from hookql.codegen.build import BuildError, clang, run_clang
 
     try:
-        exe = clang()[0]
+        code, so, err = run_clang(clang()[0], ["-O2", "-shared", "-fPIC"], src, "events.so")
     except BuildError as exc:
         raise EventsError(str(exc))
-    with tempfile.TemporaryDirectory(prefix="hookql-events-") as tmp:
-        so = os.path.join(tmp, "events.so")
-        r = subprocess.run([exe, "-O2", "-shared", "-fPIC", "-o", so, "-x", "c", "-"], input=src, capture_output=True)
-        if r.returncode:
-            raise EventsError(f"building the event printer failed:\n{r.stderr.decode(errors='replace').strip()}")
-        with open(so, "rb") as f:
-            return f.read()
+    if code:
+        raise EventsError(f"building the event printer failed:\n{err.strip()}")
+    return so
 
 
 def _dlopen(code: bytes) -> ctypes.CDLL:
-    """Load the library from these very bytes: a memfd no other process can write, else a private file."""
+    """Load the library from these very bytes: a memfd no other process can write, else a file in a
+    private directory (hookql/cache/dirs.py private_tmpdir, never $TMPDIR)."""
     try:
         fd = os.memfd_create("hookql-events", os.MFD_CLOEXEC)
     except (AttributeError, OSError):
@@ -106,13 +100,17 @@ def _dlopen(code: bytes) -> ctypes.CDLL:
             pass
         finally:
             os.close(fd)
-    import tempfile
+    from hookql.cache import dirs
 
-    with tempfile.TemporaryDirectory(prefix="hookql-events-") as tmp:
-        path = os.path.join(tmp, "events.so")
-        with open(path, "wb") as f:
-            f.write(code)
-        return ctypes.CDLL(path)
+    try:
+        with dirs.private_tmpdir() as tmp:
+            path = os.path.join(tmp, "events.so")
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o700)
+            with os.fdopen(fd, "wb") as f:
+                f.write(code)
+            return ctypes.CDLL(path)
+    except dirs.CacheError as exc:
+        raise EventsError(str(exc))
 
 
 def _names(display: str | None, as_json: bool) -> list[tuple[int, str]]:

@@ -11,6 +11,7 @@ import hashlib
 import os
 import pickle
 import shutil
+import stat
 import subprocess
 import sys
 import textwrap
@@ -308,3 +309,82 @@ def test_clang_reached_through_another_users_directory_or_link_is_refused(tmp_pa
     r = subprocess.run(hookql_cmd() + ["compile", "-e", SCRIPT, "-o", str(tmp_path / "o.bpf.o")], capture_output=True,
                        text=True, env=dict(env, HOOKQL_CLANG=str(home / "clang")), timeout=120)
     assert r.returncode == 1 and "owned by nobody" in r.stderr and "Traceback" not in r.stderr, r.stderr
+
+
+# -- found by attacking the second version ------------------------------------------------------
+def test_clang_never_takes_options_or_programs_from_the_environment(tmp_path, env, marker):
+    """`sudo -E` keeps CCC_OVERRIDE_OPTIONS (clang adds its options: a plugin), COMPILER_PATH (where
+    clang finds ld), CPATH and the like: clang runs with a fixed environment."""
+    plugin = tmp_path / "plugin.so"
+    plugin.write_bytes(evil_library(tmp_path, marker))
+    bindir = tmp_path / "bin"
+    bindir.mkdir()
+    (bindir / "ld").write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    (bindir / "ld").chmod(0o755)
+    (tmp_path / "inc").mkdir()
+    (tmp_path / "inc" / "bpf").mkdir()
+    (tmp_path / "inc" / "bpf" / "bpf_helpers.h").write_text("#error planted header\n")
+    hostile = dict(env, CCC_OVERRIDE_OPTIONS=f"+-fplugin={plugin}", COMPILER_PATH=str(bindir),
+                   CPATH=str(tmp_path / "inc"), C_INCLUDE_PATH=str(tmp_path / "inc"), LIBRARY_PATH=str(bindir))
+    r = run(hostile)  # cold: the object and the event printer (linked: ld) are both built
+    assert ran_fine(r), r.stderr
+
+
+def test_clang_never_works_in_the_callers_temporary_directory(tmp_path, env):
+    """A user's TMPDIR (sudo -E) is where they could rename HookQL's directory and swap the object clang
+    wrote: nothing is ever made there (its mtime does not move), and clang does not need it either
+    (a TMPDIR that is a file would make clang fail if it used it)."""
+    shared = tmp_path / "alices_tmp"
+    shared.mkdir(mode=0o777)
+    os.chmod(shared, 0o777)
+    os.chown(shared, NOBODY, NOBODY)
+    before = shared.stat().st_mtime_ns
+    r = run(dict(env, TMPDIR=str(shared)))
+    assert ran_fine(r), r.stderr
+    assert shared.stat().st_mtime_ns == before and not list(shared.iterdir())
+    not_a_dir = tmp_path / "file"
+    not_a_dir.write_text("")
+    r = run(dict(env, TMPDIR=str(not_a_dir), XDG_CACHE_HOME=str(tmp_path / "cache2")))
+    assert ran_fine(r), r.stderr
+
+
+def test_the_command_ignores_python_variables_and_the_current_directory(tmp_path, env, marker):
+    """`sudo -E` keeps PYTHONPYCACHEPREFIX, PYTHONWARNINGS and the like (sudo drops only PYTHONPATH,
+    PYTHONHOME and a few others), each a way to make any Python run the caller's code as it starts; and
+    a `hookql/` folder in the current directory must not stand in for HookQL."""
+    evil = tmp_path / "evil"
+    (evil / "hookql").mkdir(parents=True)
+    payload = f"open({str(marker)!r}, 'w').close()\n"
+    (evil / "sitecustomize.py").write_text(payload)
+    (evil / "usercustomize.py").write_text(payload)
+    (evil / "evilwarn.py").write_text(payload + "class W(Warning): pass\n")
+    (evil / "hookql" / "__init__.py").write_text(payload)
+    (evil / "hookql" / "__main__.py").write_text(payload)
+    hostile = dict(env, PYTHONPATH=str(evil), PYTHONWARNINGS="ignore::evilwarn.W", PYTHONUSERBASE=str(evil),
+                   PYTHONSTARTUP=str(evil / "sitecustomize.py"), PYTHONINSPECT="1")
+    r = subprocess.run(hookql_cmd() + ["check", "--kernel", "6.18", "-e", "on lsm:socket_connect { count }"],
+                       capture_output=True, text=True, env=hostile, cwd=evil, timeout=120, stdin=subprocess.DEVNULL)
+    assert r.returncode == 0 and "ok: 1 script checked" in r.stderr, r.stderr
+
+
+def test_compile_output_onto_a_device_or_link_never_replaces_it(tmp_path, env):
+    """`hookql compile -o /dev/null` used to rename a regular file over the device node."""
+    dev = tmp_path / "null"
+    os.mknod(dev, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+    r = subprocess.run(hookql_cmd() + ["compile", "-e", SCRIPT, "-o", str(dev)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISCHR(os.lstat(dev).st_mode)
+    link = tmp_path / "out"
+    link.symlink_to(tmp_path / "elsewhere.o")
+    r = subprocess.run(hookql_cmd() + ["compile", "-e", SCRIPT, "-o", str(link)], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 1 and "is a symbolic link" in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert link.is_symlink() and not (tmp_path / "elsewhere.o").exists()
+
+
+def test_a_fifo_in_place_of_a_script_is_refused_not_waited_on(tmp_path, env):
+    fifo = tmp_path / "s.hq"
+    os.mkfifo(fifo)
+    r = subprocess.run(hookql_cmd() + ["check", str(fifo)], capture_output=True, text=True, env=env, timeout=60)
+    assert r.returncode == 1 and "not a regular file" in r.stderr, r.stderr

@@ -491,7 +491,16 @@ def test_rewriting_a_users_manifest_never_chmods_or_chowns_through_a_link(tmp_pa
     lock = proj / "hookql.lock"
     lock.write_text("version = 1\n")
     os.chown(lock, NOBODY, NOBODY)
-    _racing_mkstemp(monkeypatch, M, victim)
+    real_open = os.open
+
+    def racing_open(name, flags, mode=0o777, *, dir_fd=None):
+        fd = real_open(name, flags, mode, dir_fd=dir_fd)
+        if str(name).endswith(".tmp") and flags & os.O_CREAT:  # the attacker wins the race at once
+            os.rename(name, f"{name}.moved", src_dir_fd=dir_fd, dst_dir_fd=dir_fd)
+            os.symlink(victim, name, dir_fd=dir_fd)
+        return fd
+
+    monkeypatch.setattr(M.os, "open", racing_open)
     try:
         M.write_atomic(lock, "version = 1\n# new\n")
     except M.ManifestError:
@@ -499,6 +508,24 @@ def test_rewriting_a_users_manifest_never_chmods_or_chowns_through_a_link(tmp_pa
     st = victim.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o600)
     assert victim.read_text() == "root's secret\n"
+
+
+def test_a_project_directory_swapped_for_a_link_is_not_written_through(tmp_path):
+    """The directory hookql.toml was read from is the one written, even when its name now leads elsewhere
+    (another user swaps it while git runs)."""
+    from hookql.libs import manifest as M
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "hookql.toml").write_text('[package]\nname = "p"\nversion = "0.1.0"\n')
+    root = M.load_project(proj / "hookql.toml")
+    victim = tmp_path / "victim"
+    victim.mkdir()
+    proj.rename(tmp_path / "proj.real")
+    proj.symlink_to(victim)
+    M.write_atomic(root.path, root.text + "# rewritten\n", root.dir_fd)
+    assert not (victim / "hookql.toml").exists()
+    assert (tmp_path / "proj.real" / "hookql.toml").read_text().endswith("# rewritten\n")
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="root writing into another user's directory")
@@ -580,3 +607,31 @@ def test_lib_output_escapes_paths_and_lock_values(tmp_path, env):
     (app / "hookql.lock").write_text(lock)
     r = hq(app, "lib", "list", env=env)
     assert r.returncode != 0 and "\x0b" not in r.stdout + r.stderr and "\x1c" not in r.stdout + r.stderr
+
+
+def test_lib_errors_escape_the_paths_they_name(tmp_path, env):
+    evil = tmp_path / "\x1b[2J\x1b]0;owned\x07d"
+    evil.mkdir()
+    app = project(tmp_path, 'x = { path = "x" }')
+    (app / "x").symlink_to(evil)
+    r = hq(app, "lib", "install", env=env)
+    assert r.returncode == 1 and "no hookql.toml" in r.stderr, r.stderr
+    assert "\x1b" not in r.stderr + r.stdout and "\x07" not in r.stderr + r.stdout
+
+
+def test_a_manifest_another_user_left_above_does_not_make_the_project(tmp_path, k618):
+    """A root script in /tmp/dir: another user's /tmp/hookql.toml must not widen its project to /tmp."""
+    shared = tmp_path / "shared"
+    shared.mkdir(mode=0o1777)
+    os.chmod(shared, 0o1777)
+    (shared / "hookql.toml").write_text('[package]\nname = "mine"\nversion = "0.1.0"\n')
+    os.chown(shared / "hookql.toml", NOBODY, NOBODY)
+    s = secret()
+    (shared / "loot.hq").write_text(f"{s}\n")
+    d = shared / "dir"
+    d.mkdir()
+    (d / "s.hq").write_text('use "../loot.hq"\non lsm:socket_connect { count }\n')
+    src = Source(str(d / "s.hq"), (d / "s.hq").read_text(), real=str(d / "s.hq"))
+    result = check_source(src, k618)
+    shown = "\n".join(x.render() for x in result.diagnostics)
+    assert not result.ok and s not in shown and "outside the project" in shown, shown

@@ -84,6 +84,43 @@ def key_dir() -> str:
         return require()
 
 
+class private_tmpdir:
+    """A new 0700 directory for one job (clang's output), removed after: under the checked cache
+    (cache/tmp), else in /tmp when /tmp itself passes the checks (root's, sticky).  Never $TMPDIR:
+    `sudo -E` keeps a user's, who could rename our directory in it and swap what we read back."""
+
+    def __enter__(self) -> str:
+        import tempfile
+
+        try:
+            base = require("tmp")
+        except CacheError:
+            try:
+                base = trusted_path("/tmp", os.geteuid(), "/tmp")
+            except CacheError as exc:
+                raise CacheError(f"no private place for temporary files: {exc}") from None
+        self.path = tempfile.mkdtemp(prefix="hookql-", dir=base)
+        return self.path
+
+    def __exit__(self, *exc) -> None:
+        import shutil
+
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def read_own(path: str) -> bytes:
+    """A file we just made in a private directory: never through a link, and ours."""
+    fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC | os.O_NONBLOCK)
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid():
+            raise CacheError(f"{path} is not the file HookQL made")
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def usable(*parts: str) -> str | None:
     """require(), or None after one warning: the caller goes on without a cache."""
     try:
@@ -152,11 +189,14 @@ def trusted_path(path: str, euid: int, target: str, leaf: bool = False, hint: st
             continue
         if name == "..":
             cur = os.path.dirname(cur)  # cur has no links in it: its parent is the real one
+            shared = _trusted_dir(cur, os.stat(cur), euid, target, hint)  # checked already: only its flag
             continue
         nxt = os.path.join(cur, name)
         try:
             st = os.lstat(nxt)
         except FileNotFoundError:
+            if ".." in pending:
+                raise CacheError(f"{target}: '..' after {nxt}, which does not exist; write the path without '..'")
             return os.path.join(nxt, *reversed(pending))
         except OSError as exc:
             raise CacheError(f"{target}: cannot inspect {nxt}: {exc.strerror}") from None

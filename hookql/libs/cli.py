@@ -8,20 +8,22 @@ from hookql.libs import lock as L
 from hookql.libs import manifest as M
 from hookql.libs.errors import InstallError, ManifestError, show
 from hookql.libs.install import install as _install
+from hookql.runtime.escape import escape_text
 
 
 def _root() -> M.Manifest:
-    path = M.find(Path.cwd())
+    cwd = Path.cwd()
+    path = M.find(cwd, cwd.stat().st_uid)  # the project you stand in, also another user's
     if path is None:
         raise InstallError(f"no {M.MANIFEST} here or above; create one with a [package] name and version")
-    return M.load(path)
+    return M.load_project(path)
 
 
 def run(args) -> int:
     try:
         return {"add": add, "install": install, "update": update, "list": list_}[args.lib_cmd](args)
     except (InstallError, ManifestError) as exc:
-        print(f"hookql lib: error: {exc}", file=sys.stderr)
+        print(f"hookql lib: error: {escape_text(str(exc), backslash=False)}", file=sys.stderr)
         return 1
 
 
@@ -30,13 +32,10 @@ def add(args) -> int:
     root = _root()
     if args.name in root.dependencies:
         raise InstallError(f"'{args.name}' is already a dependency in {root.path}")
-    try:
-        text = root.path.read_text()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"cannot read {root.path}: {getattr(exc, 'strerror', None) or exc}") from None
-    new_text, new_root = M.add_dependency(root.path, text, args.name, args.git, args.version)
+    new_text, new_root = M.add_dependency(root.path, root.text, args.name, args.git, args.version)
+    new_root.dir_fd = root.dir_fd
     libs = _install(new_root, write=False)
-    M.write_atomic(root.path, new_text)
+    M.write_atomic(root.path, new_text, root.dir_fd)
     print(f"added {args.name} ({show(args.version)}) to {show(root.path)}", file=sys.stderr)
     L.write_lock(new_root, libs)
     _report(libs, new_root)

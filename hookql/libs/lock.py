@@ -57,16 +57,26 @@ def render(root: M.Manifest, libs: dict[str, Locked]) -> str:
 
 def write_lock(root: M.Manifest, libs: dict[str, Locked]) -> Path:
     path = root.root / LOCK
-    M.write_atomic(path, render(root, libs))
+    M.write_atomic(path, render(root, libs), root.dir_fd)
     return path
 
 
 def read_lock(root: M.Manifest) -> tuple[dict[str, Locked], str] | None:
     path = root.root / LOCK
-    if not path.is_file():
-        return None
+    if root.dir_fd is not None:  # the project's directory as it was when hookql.toml was read
+        try:
+            os.stat(LOCK, dir_fd=root.dir_fd, follow_symlinks=False)
+        except FileNotFoundError:
+            return None
+        except OSError:
+            pass  # read_in says why
+        text_of = lambda: M.read_in(root.dir_fd, path)  # noqa: E731
+    else:
+        if not path.is_file():
+            return None
+        text_of = lambda: confine.read_text(path, path.parent)  # noqa: E731  never through a link to elsewhere
     try:
-        data = tomllib.loads(confine.read_text(path, path.parent))  # never through a link to elsewhere
+        data = tomllib.loads(text_of())
         libs = {}
         for d in data.get("library", []):
             lib = Locked(d["name"], d["version"], d["git"], d["commit"], d["hash"],
@@ -76,6 +86,8 @@ def read_lock(root: M.Manifest) -> tuple[dict[str, Locked], str] | None:
     except confine.Outside:
         raise InstallError(f"{path} is a symbolic link to outside the project; HookQL does not read through it: "
                            "make it a regular file (`hookql lib install` writes it)") from None
+    except M.ManifestError as exc:
+        raise InstallError(str(exc)) from None
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:  # TOMLDecodeError is a ValueError
         raise InstallError(f"{path} is damaged ({exc}); run `hookql lib install` to write it again") from None
     return libs, data.get("manifest", "")

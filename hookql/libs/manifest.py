@@ -12,7 +12,6 @@ import json
 import os
 import re
 import stat
-import tempfile
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,7 +25,7 @@ MANIFEST = "hookql.toml"
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_-]*")
 
 __all__ = ["MANIFEST", "NAME", "Dependency", "Manifest", "ManifestError", "find", "load", "loads",
-           "check_name", "add_dependency", "write_atomic"]
+           "check_name", "add_dependency", "write_atomic", "load_project"]
 
 
 @dataclass
@@ -45,17 +44,31 @@ class Manifest:
     hookql: Range | None
     kernel: Version | None
     dependencies: dict[str, Dependency] = field(default_factory=dict)
+    text: str = field(default="", repr=False)  # as it was read
+    dir_fd: int | None = field(default=None, repr=False)  # its directory, opened when it was read (load_project)
 
     @property
     def root(self) -> Path:
         return self.path.parent
 
 
-def find(start: Path) -> Path | None:
+def find(start: Path, owner: int | None = None) -> Path | None:
+    """The nearest hookql.toml in start or above that may speak for a script owned by `owner`."""
     for d in [start, *start.parents]:
-        if (d / MANIFEST).is_file():
+        if trusted(d / MANIFEST, owner):
             return d / MANIFEST
     return None
+
+
+def trusted(path: Path | str, owner: int | None = None) -> bool:
+    """A hookql.toml may make a project of the directories below it only if it is a regular file of
+    root's, of the running user's or of the script's owner: a /tmp/hookql.toml another user left must
+    not turn a root script in /tmp/dir into their project (its `use` paths and dependencies)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return False
+    return stat.S_ISREG(st.st_mode) and st.st_uid in (0, os.geteuid(), owner)
 
 
 def check_name(name: object) -> str | None:
@@ -79,6 +92,40 @@ def load(path: Path, inside: Path | None = None) -> Manifest:
     return loads(text, path)
 
 
+def load_project(path: Path) -> Manifest:
+    """The project's own hookql.toml, which `hookql lib` may rewrite (with hookql.lock beside it): its
+    directory is opened once, here, and everything after reads and writes through that descriptor, so
+    a directory swapped for a link meanwhile (another user's project, while git runs) changes nothing."""
+    try:
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise ManifestError(f"cannot read {path}: {exc.strerror}") from None
+    try:
+        text = read_in(dfd, path)
+    except ManifestError:
+        os.close(dfd)
+        raise
+    m = loads(text, path)
+    m.dir_fd = dfd  # kept for the life of the command
+    return m
+
+
+def read_in(dfd: int, path: Path) -> str:
+    """The text of the regular file path.name in the directory dfd: never through a link, never a FIFO."""
+    try:
+        fd = os.open(path.name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        try:
+            if not stat.S_ISREG(os.fstat(fd).st_mode):
+                raise OSError(22, "not a regular file")
+            return confine.read_all(fd).decode("utf-8")
+        finally:
+            os.close(fd)
+    except (OSError, UnicodeDecodeError) as exc:
+        why = "it is a symbolic link, which HookQL does not follow here" if getattr(exc, "errno", 0) == 40 else \
+            getattr(exc, "strerror", None) or exc
+        raise ManifestError(f"cannot read {path}: {why}") from None
+
+
 def loads(text: str, path: Path) -> Manifest:
     try:
         data = tomllib.loads(text)
@@ -95,7 +142,7 @@ def loads(text: str, path: Path) -> Manifest:
         m = Manifest(path, pkg.get("name", path.parent.name),
                      Version.parse(pkg["version"]) if "version" in pkg else None,
                      Range.parse(pkg["hookql"]) if "hookql" in pkg else None,
-                     Version.parse(pkg["kernel"]) if "kernel" in pkg else None)
+                     Version.parse(pkg["kernel"]) if "kernel" in pkg else None, text=text)
         for name, spec in deps.items():
             why = check_name(name)
             if why:
@@ -156,11 +203,26 @@ def add_dependency(path: Path, text: str, name: str, git: str, version: str) -> 
     return new, loads(new, path)
 
 
-def write_atomic(path: Path, text: str) -> None:
-    """Replace the file at `path` with `text` at once: a temporary file in the same directory, then rename.
+def write_atomic(path: Path, text: str, dir_fd: int | None = None) -> None:
+    """Replace the file at `path` with `text` at once: a temporary file in the same directory, then rename,
+    both through `dir_fd` (the directory as it was when the manifest was read; opened now if None).
     A symbolic link is not written through (it would write wherever the link points)."""
+    own = dir_fd is None
     try:
-        st = os.lstat(path)
+        dfd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC) if own else dir_fd
+    except OSError as exc:
+        raise ManifestError(f"cannot write {path}: {exc.strerror}") from None
+    try:
+        _write_in(dfd, path, text)
+    finally:
+        if own:
+            os.close(dfd)
+
+
+def _write_in(dfd: int, path: Path, text: str) -> None:
+    name = path.name
+    try:
+        st = os.stat(name, dir_fd=dfd, follow_symlinks=False)
     except FileNotFoundError:
         st = None
     except OSError as exc:
@@ -169,8 +231,9 @@ def write_atomic(path: Path, text: str) -> None:
         what = "a symbolic link" if stat.S_ISLNK(st.st_mode) else "not a regular file"
         raise ManifestError(f"cannot write {path}: it is {what}, which HookQL does not write through; "
                             "make it a regular file")
+    tmp = f".{name}.{os.getpid()}.{os.urandom(4).hex()}.tmp"
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600, dir_fd=dfd)
     except OSError as exc:
         raise ManifestError(f"cannot write {path}: {exc.strerror}") from None
     try:
@@ -186,10 +249,10 @@ def write_atomic(path: Path, text: str) -> None:
             else:
                 os.fchmod(f.fileno(), 0o644 & ~_umask())
             os.fsync(f.fileno())
-        os.replace(tmp, path)
+        os.replace(tmp, name, src_dir_fd=dfd, dst_dir_fd=dfd)
     except BaseException as exc:
         try:
-            os.unlink(tmp)
+            os.unlink(tmp, dir_fd=dfd)
         except OSError:
             pass
         if isinstance(exc, OSError):

@@ -46,14 +46,16 @@ class ManifestResolver(FileResolver):
         if use.path is not None:
             return super().resolve(use, diags)
         using = use.span.source.name
-        script_dir = Path(using).resolve().parent
+        real = use.span.source.real  # where the script really was when it was read (hookql/cli.py _source)
+        script_dir = Path(real).parent if real else Path(using).resolve().parent
+        owner = _owner(real or using)
         owner = self._roots.get(using)  # the library the using module belongs to, if it is one
         in_git = owner in self._git_roots
         lib, *mod = use.name.split(".")
         if in_git:
             mpath = Path(owner) / MANIFEST if (Path(owner) / MANIFEST).is_file() else None
         else:
-            mpath = M.find(script_dir)
+            mpath = M.find(script_dir, owner)
         if mpath is None:
             diags.error(use.span, f"unknown library '{lib}'",
                         f'there is no {MANIFEST} above {script_dir}; declare it in one: '
@@ -132,3 +134,12 @@ class ManifestResolver(FileResolver):
 def _kernel_version(release: str) -> Version | None:
     m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
     return Version(int(m[1]), int(m[2]), int(m[3] or 0)) if m else None
+
+
+def _owner(path: str) -> int | None:
+    import os
+
+    try:
+        return os.stat(path).st_uid
+    except OSError:
+        return None
