@@ -106,7 +106,7 @@ def run_clang(exe: str, args: list[str], source: bytes, output: str) -> tuple[in
         with dirs.private_tmpdir() as tmp:
             target = os.path.join(tmp, output)
             proc = subprocess.run([exe, *args, "-x", "c", "-", "-o", target], input=source, capture_output=True,
-                                  cwd=tmp, env=dict(_CLANG_ENV, TMPDIR=tmp, HOME=tmp))
+                                  cwd="/", env=dict(_CLANG_ENV, TMPDIR=tmp, HOME=tmp))  # "/": the same DWARF comp_dir every build
             err = proc.stderr.decode(errors="replace")
             return proc.returncode, dirs.read_own(target) if proc.returncode == 0 else b"", err
     except dirs.CacheError as exc:

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 
 from hookql import nodes as n
 from hookql import types as T
-from hookql.checker import CheckedScript, ConstSymbol
+from hookql.checker import CheckedScript, ConstSymbol, StateMap, _shape
 from hookql.fields import Field
 
 # Keyed aggregations are preallocated per-CPU hashes: lookups stay as fast as a
@@ -157,6 +157,7 @@ class Slot:
     display: str | None = None
     expr: Expr | None = None  # for int slots
     local: Local | None = None  # for str/addr slots
+    copy: int = 0  # str slots: bytes copied from the local, when fewer than the slot holds
 
     def layout(self) -> dict:
         return {"name": self.name, "kind": self.kind, "size": self.size, "offset": self.offset,
@@ -239,6 +240,72 @@ class Aggregation:
 
 
 @dataclass
+class StateMapIR:
+    """A state map: an LRU hash (a full map evicts its least recently used entry rather than refuse
+    a new one); key and value structs laid out once for every clause that uses it."""
+
+    index: int
+    name: str  # as the script names it
+    line: int  # its first store
+    keys: list[Slot]
+    key_size: int
+    values: list[Slot]  # one slot "v", or a record's fields by name
+    value_size: int
+    record: bool
+    inserts_stat: int = 0  # stores of a key the map did not hold
+    deletes_stat: int = 0  # deletes of a key it held
+    failed_stat: int = 0  # stores the kernel refused
+
+    @property
+    def map_name(self) -> str:
+        return f"hq_st{self.index}"
+
+    def layout(self) -> dict:
+        return {"map": self.map_name, "name": self.name, "line": self.line, "key_size": self.key_size,
+                "value_size": self.value_size, "keys": [k.layout() for k in self.keys],
+                "values": [v.layout() for v in self.values],
+                "stats": {"inserts": self.inserts_stat, "deletes": self.deletes_stat, "failed": self.failed_stat}}
+
+
+@dataclass
+class StateStore:
+    map: StateMapIR
+    keys: list[Slot]
+    values: list[Slot]
+    line: int
+    kind: str = "store"
+
+
+@dataclass
+class StateDelete:
+    map: StateMapIR
+    keys: list[Slot]
+    line: int
+    kind: str = "delete"
+
+
+def _state_slot(name: str, c_name: str, t: T.Type) -> Slot:
+    if t.kind == "str":
+        return Slot(name, c_name, "str", t.size, 0)
+    if t.kind == "addr":
+        return Slot(name, c_name, "addr", 16, 0)
+    signed = t.kind == "int" and t.signed
+    display = T.HEX if t.kind == "ptr" else t.display if t.kind == "int" else None
+    return Slot(name, c_name, "int", 8, 0, signed, display)
+
+
+def _state_ir(st: StateMap, index: int) -> StateMapIR:
+    keys = [_state_slot(f"key{i}", f"k{i}", t) for i, t in enumerate(st.keys)]
+    key_size = pack(keys)
+    if st.fields:
+        values = [_state_slot(name, f"f{i}", t) for i, (name, t) in enumerate(st.fields.items())]
+    else:
+        values = [_state_slot(st.name, "v", st.value)]
+    value_size = pack(values)
+    return StateMapIR(index, st.name, st.span.line, keys, key_size, values, value_size, bool(st.fields))
+
+
+@dataclass
 class EmitRecord:
     index: int
     probe: str
@@ -297,9 +364,10 @@ class Program:
     helpers: set[str]
     zero_size: int
     lines: dict[str, str] = field(default_factory=dict)  # script line -> its text, for the verifier's log
+    states: list[StateMapIR] = field(default_factory=list)
 
     def layout(self) -> dict:
-        return {"source": self.source_name, "lines": self.lines,
+        return {"source": self.source_name, "lines": self.lines, "states": [st.layout() for st in self.states],
                 "aggregations": [a.layout() for a in self.aggregations],
                 "emits": [e.layout() for e in self.emits], "stats": self.stats,
                 "probes": [{"index": p.index, "text": p.text, "func": p.func, "attach": p.attach,
@@ -325,6 +393,14 @@ def lower(checked: CheckedScript, func_mode: str = "kprobe") -> Program:
     """func_mode: how kprobe/kretprobe attach: "kprobe" (kprobe/kretprobe) or
     "fentry" (fentry/fexit, BPF trampolines)."""
     prog = Program(checked.script.span.source.name, [], [], [], ["ringbuf_drops"], set(), 8)
+    prog.state_of = {}
+    for st in checked.states.values():
+        if st.typed and st.stores:
+            ir = _state_ir(st, len(prog.states))
+            ir.inserts_stat, ir.deletes_stat, ir.failed_stat = range(len(prog.stats), len(prog.stats) + 3)
+            prog.stats += [f"{ir.map_name}_inserts", f"{ir.map_name}_deletes", f"{ir.map_name}_failed"]
+            prog.states.append(ir)
+            prog.state_of[st.name] = ir
     for i, clause in enumerate(checked.clauses):
         probe = _ProbeLowering(prog, clause, i, func_mode).run()
         prog.probes.append(probe)
@@ -363,6 +439,18 @@ class _ProbeLowering:
                 actions.append(self.emit(a))
             elif isinstance(a, n.Deny):
                 deny = self.deny(a)
+            elif isinstance(a, n.Store):
+                ir = self.prog.state_of[a.target.name]
+                keys = self.state_slots(ir, a.target.keys)
+                if a.value is not None and not isinstance(a.value, n.SetLit):
+                    exprs = [a.value]
+                else:
+                    exprs = [v for _, v in a.fields]
+                values = self.fill_slots(ir.values, exprs)
+                actions.append(StateStore(ir, keys, values, a.span.line))
+            elif isinstance(a, n.Delete):
+                ir = self.prog.state_of[a.target.name]
+                actions.append(StateDelete(ir, self.state_slots(ir, a.target.keys), a.span.line))
         post = [l for l in self.order if l not in pre]
         probe = Probe(self.index, h.probe, h.provider, attach, section,
                       c.span.line, params, ret, pre, post, where, c.where.span.line if c.where else c.span.line,
@@ -554,9 +642,13 @@ class _ProbeLowering:
             if isinstance(sym, ConstSymbol):
                 return self.const(sym, e)
             return Ref(self.field(sym, e.span))
+        if isinstance(e, n.Index):
+            return Ref(self.state_field(e, "v"))
         if isinstance(e, n.Member):
             if isinstance(e.path, ConstSymbol):
                 return self.const(e.path, e)
+            if isinstance(e.path, tuple) and e.path[0] == "state":
+                return Ref(self.state_field(_unwrap(e.obj), e.path[1]))
             return Ref(self.member(e))
         if isinstance(e, n.Binary) and e.op in ("in", "not in"):
             m = self.membership(e.left, e.right)
@@ -598,6 +690,10 @@ class _ProbeLowering:
 
     def membership(self, left: n.Expr, right: n.Expr) -> Expr:
         left, right = _unwrap(left), _unwrap(right)
+        if isinstance(right, n.Name) and isinstance(right.symbol, StateMap):
+            ir = self.prog.state_of[right.id]
+            keys = self.state_slots(ir, [left])
+            return Ref(self.local(("state_has", ir.index, _shape(left)), T.BOOL, "state_has", st=ir, keys=keys))
         val = _const_value(right)
         if _is_const(left) or isinstance(left, n.IntLit):  # "a" in {"a", "b"}: known now
             return Lit(int(_const_in(_const_value(left), val)))
@@ -612,6 +708,39 @@ class _ProbeLowering:
             return AnyOf([_addr_match(loc, ipaddress.ip_network(v)) for v in items])
         x = self.expr(left)
         return AnyOf([Bin("==", x, Lit(v)) for v in sorted(items)])
+
+    # -- state --
+    def fill_slots(self, layout: list[Slot], exprs: list[n.Expr]) -> list[Slot]:
+        """The map's slots (same names, offsets, sizes), filled from this clause's expressions."""
+        out = []
+        for s, k in zip(layout, exprs):
+            k = _unwrap(k)
+            use = Slot(s.name, s.c_name, s.kind, s.size, s.offset, s.signed, s.display)
+            if s.kind == "int":
+                use.expr = self.expr(k)
+            else:
+                use.local = self.value_local(k)
+                if s.kind == "str":
+                    use.copy = min(s.size, use.local.ty.size)
+            out.append(use)
+        return out
+
+    def state_slots(self, ir: StateMapIR, keys: list[n.Expr]) -> list[Slot]:
+        return self.fill_slots(ir.keys, keys)
+
+    def state_field(self, e: n.Index, name: str) -> Local:
+        """A value read from a state map: looked up once per clause and key; a key the map does not
+        hold ends the probe there (the clause does not fire)."""
+        ir = self.prog.state_of[e.name]
+        shape = tuple(_shape(_unwrap(k)) for k in e.keys)
+        look = self.locals.get(("state_lookup", ir.index, shape))
+        if look is None:
+            keys = self.state_slots(ir, e.keys)
+            look = self.local(("state_lookup", ir.index, shape), T.Type("ptr"), "state_lookup", st=ir, keys=keys)
+        slot = next(s for s in ir.values if s.c_name == "v" and name == "v" or s.name == name and ir.record)
+        ty = _slot_type(slot)
+        return self.local(("state_field", look.name, slot.c_name), ty, "state_field", deps=[look], src=look,
+                          slot=slot)
 
     # -- actions --
     def slots(self, exprs: list[n.Expr], prefix: str) -> tuple[list[Slot], int]:
@@ -661,6 +790,14 @@ class _ProbeLowering:
         d = Deny(a.value, a.span.line, len(self.prog.stats), len(self.prog.stats) + 1)
         self.prog.stats += [f"probe{self.index}_denied", f"probe{self.index}_would_deny"]
         return d
+
+
+def _slot_type(s: Slot) -> T.Type:
+    if s.kind == "str":
+        return T.string(s.size)
+    if s.kind == "addr":
+        return T.addr()
+    return T.INT(64, s.signed, s.display)
 
 
 def _c_param_type(ct) -> str:
@@ -813,6 +950,10 @@ def _place_large(p: Probe) -> None:
     items = [(l.ty.size, l) for l in p.pre + p.post if l.ty.kind == "str"]
     items += [(a.key_size, a) for a in p.actions if isinstance(a, Aggregation) and a.keyed]
     total = sum(size for size, _ in items) + 16 * sum(1 for l in p.pre + p.post if l.ty.kind == "addr")
+    # state keys and values stay on the stack: what else fits is what is left
+    total += sum(l.args["st"].key_size for l in p.pre + p.post if l.how in ("state_lookup", "state_has"))
+    total += max([a.map.key_size + (a.map.value_size if a.kind == "store" else 0)
+                  for a in p.actions if isinstance(a, (StateStore, StateDelete))] or [0])
     for size, x in sorted(items, key=lambda t: -t[0]):
         if total <= STACK_BUDGET and size <= LARGE:
             break

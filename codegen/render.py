@@ -100,7 +100,11 @@ def _walk(prog: Program):
         for a in p.actions:
             if getattr(a, "value", None) is not None:
                 stack.append(a.value)
-            for s in getattr(a, "keys", None) or getattr(a, "slots", None) or ():
+            for s in [*(getattr(a, "keys", None) or getattr(a, "slots", None) or ()), *getattr(a, "values", ())]:
+                if s.expr is not None:
+                    stack.append(s.expr)
+        for l in p.pre + p.post:  # state lookups' keys
+            for s in l.args.get("keys", ()):
                 if s.expr is not None:
                     stack.append(s.expr)
     while stack:

@@ -18,6 +18,7 @@ from hookql import nodes as n
 from hookql import types as T
 from hookql.catalog import Catalog, Hook, ProbeError
 from hookql.diagnostics import Diagnostics
+from hookql import fields as F
 from hookql.fields import Field
 from hookql.kernel import Kernel
 from hookql.lexer import AGGREGATIONS
@@ -149,11 +150,44 @@ def _left_spine(e: n.Binary) -> tuple[n.Expr, list[n.Binary]]:
     return x, spine
 
 
+MAX_STATE_BYTES = 128  # bytes of a state map's key, and of its value
+MAX_STATE_STR = 64  # bytes of a string a state map's key or value holds (keys and values live on the stack)
+_STATE_KINDS = ("int", "bool", "ptr", "str", "addr")
+
+
+@dataclass(eq=False)
+class StateMap:
+    """A map clauses store into (`start[sk] = ts`) and others read (`start[sk]`, `sk in start`, `delete`).
+    Its key and value types are those of its first store (in source order) that checks; every other
+    store, read and delete must agree."""
+
+    name: str
+    index: int
+    span: Span | None = None  # the first store that typed it
+    keys: list[Type] | None = None
+    value: Type | None = None  # one value, or None for a record
+    fields: dict[str, Type] | None = None  # a record's fields, in order
+    stores: int = 0
+    deletes: int = 0
+    reads: int = 0
+    written: bool = False  # some clause stores into it (whether or not that store checks)
+
+    @property
+    def typed(self) -> bool:
+        return self.keys is not None
+
+    def describe(self) -> str:
+        keys = ", ".join(str(k) for k in self.keys)
+        val = "{" + ", ".join(f"{k}: {t}" for k, t in self.fields.items()) + "}" if self.fields else str(self.value)
+        return f"{self.name}[{keys}] = {val}"
+
+
 @dataclass
 class CheckedScript:
     script: n.Script
     kernel: Kernel
     consts: dict[str, ConstSymbol] = field(default_factory=dict)
+    states: dict[str, StateMap] = field(default_factory=dict)
 
     @property
     def clauses(self) -> list[n.Clause]:
@@ -183,9 +217,68 @@ class Checker:
                 consts.declare(item)
         consts.evaluate_all()
         out.consts = consts.values
+        out.states = states = self.infer_states(script, consts)
         for clause in script.clauses:
-            _ClauseChecker(self, clause, consts, diags).run()
+            _ClauseChecker(self, clause, consts, diags, states).run()
+        for st in states.values():
+            if not st.stores or st.span is None:
+                continue
+            if not st.reads:
+                diags.warning(st.span, f"state '{st.name}' is stored but never read",
+                              f"read it in another clause, e.g. `where KEY in {st.name}` or `{st.name}[KEY]`")
+            elif not st.deletes:
+                diags.warning(st.span, f"state '{st.name}' is stored but never deleted: its entries stay until "
+                              "the map is full, then the least recently used are evicted",
+                              f"delete each entry once read: `delete {st.name}[KEY]`")
         return out
+
+    def infer_states(self, script: n.Script, consts: "_Consts") -> dict[str, StateMap]:
+        """Every state map the clauses name, typed from its first store that checks: the stores'
+        keys and values are checked (on copies, quietly) in source order until nothing changes, so a
+        store may read another state map stored further down."""
+        states: dict[str, StateMap] = {}
+        stores = []
+        for clause in script.clauses:
+            for a in clause.actions:
+                if isinstance(a, (n.Store, n.Delete)):
+                    states.setdefault(a.target.name, StateMap(a.target.name, len(states)))
+                if isinstance(a, n.Store):
+                    stores.append((clause, a))
+                    states[a.target.name].written = True
+        changed = True
+        while changed and stores:
+            changed = False
+            for clause, a in stores:
+                st = states[a.target.name]
+                if st.typed:
+                    continue
+                cc = _ClauseChecker(self, clause, consts, Diagnostics(), states)
+                try:
+                    cc.hook = self.catalog.resolve(clause.probe.provider, clause.probe.target, self.kernel)
+                except ProbeError:
+                    continue
+                copy = lambda e: _rebuild(e, lambda name: n.Name(name.span, name.id))
+                keys = [cc.expr(copy(k)) for k in a.target.keys]
+                value = a.value
+                if isinstance(value, n.SetLit):
+                    fields = {}
+                    for item in value.items:
+                        fname = _field_name(item)
+                        if fname is None or fname in fields:
+                            break
+                        fields[fname] = cc.expr(copy(item))
+                    else:
+                        if all(t is not None and t.kind in _STATE_KINDS for t in [*keys, *fields.values()]):
+                            st.keys, st.fields, st.span = keys, fields, a.target.name_span
+                            changed = True
+                    continue
+                vt = cc.expr(copy(value))
+                if all(t is not None and t.kind in _STATE_KINDS for t in [*keys, vt]):
+                    st.keys, st.value, st.span = keys, vt, a.target.name_span
+                    changed = True
+        for st in states.values():  # the quiet checks above counted nothing
+            st.reads = 0
+        return states
 
 
 # -- constants -----------------------------------------------------------------
@@ -333,13 +426,16 @@ class _ConstEval:
             self.diags.error(e.op_span, f"'{e.op}' needs integers, not {l[0]} and {r[0]}")
             return None
         v = _fold_checked(e, l[1], r[1], self.diags)
-        return None if v is None else (T.LITERAL_INT, v)
+        units = {_unit(l[0]), _unit(r[0])}
+        dur = "ns" in units and (e.op in ("+", "-", "*") and units <= {"ns", None}
+                                 or e.op == "/" and _unit(l[0]) == "ns" and _unit(r[0]) is None)
+        return None if v is None else (T.DURATION if dur else T.LITERAL_INT, v)
 
     def _eval1(self, e: n.Expr):
         if isinstance(e, n.IntLit):
             return T.LITERAL_INT, e.value
         if isinstance(e, n.DurationLit):
-            return T.INT(64, False, T.NS, "duration"), e.nanoseconds
+            return T.DURATION, e.nanoseconds
         if isinstance(e, n.StrLit):
             return T.string(len(e.value.encode()) + 1), e.value
         if isinstance(e, n.IpLit):
@@ -454,7 +550,9 @@ def _set_elem_type(e: n.SetLit, items, diags: Diagnostics) -> Type | None:
 
 # -- clauses -------------------------------------------------------------------
 class _ClauseChecker:
-    def __init__(self, checker: Checker, clause: n.Clause, consts: _Consts, diags: Diagnostics):
+    def __init__(self, checker: Checker, clause: n.Clause, consts: _Consts, diags: Diagnostics,
+                 states: dict[str, StateMap] | None = None):
+        self.states = states if states is not None else {}
         self.checker = checker
         self.clause = clause
         self.consts = consts
@@ -508,6 +606,145 @@ class _ClauseChecker:
                 self.scalar(v, "emit")
         elif isinstance(a, n.Deny):
             self.deny(a)
+        elif isinstance(a, n.Store):
+            self.store(a)
+        elif isinstance(a, n.Delete):
+            self.delete(a)
+
+    # -- state across probes --
+    def state_keys(self, e: n.Index, st: StateMap, what: str) -> bool:
+        """Check e's keys against the map's; False after reporting why not."""
+        if len(e.keys) != len(st.keys):
+            self.diags.error(e.span, f"'{st.name}' takes {len(st.keys)} key{'s' * (len(st.keys) != 1)}, "
+                             f"but {what} gives {len(e.keys)}", _first_store(st))
+            return False
+        ok = True
+        for k, want in zip(e.keys, st.keys):
+            t = self.expr(k)
+            if t is None:
+                ok = False
+            elif not _state_compatible(t, want):
+                self.diags.error(k.span, f"'{st.name}' is keyed by {_a(want)}, but {_is(k, t)}", _first_store(st))
+                ok = False
+            elif self.value_not_constant(k, t, "a state key"):
+                ok = False
+        return ok
+
+    def store(self, a: n.Store) -> None:
+        e = a.target
+        st = self.states[e.name]
+        st.stores += 1
+        self.state_name_check(e)
+        items = a.value.items if isinstance(a.value, n.SetLit) else None
+        if items is not None:
+            a.fields = []
+            for item in items:
+                fname = _field_name(item)
+                if fname is None:
+                    self.diags.error(item.span, f"a record stored in '{st.name}' holds fields by name, but "
+                                     f"{_text(item)} has none", "store fields or members, e.g. "
+                                     f"`{st.name}[KEY] = {{comm, pid}}`, read back as `{st.name}[KEY].comm`")
+                    return
+                if any(f == fname for f, _ in a.fields):
+                    self.diags.error(item.span, f"the record stores '{fname}' twice", "name each field once")
+                    return
+                a.fields.append((fname, item))
+        values = a.fields if items is not None else [(None, a.value)]
+        types = []
+        for _, v in values:
+            t = self.expr(v)
+            if t is not None and self.state_value_ok(v, t, st):
+                types.append(t)
+        if len(types) != len(values) or not st.typed:
+            for k in e.keys:  # still report what is wrong in the keys
+                self.expr(k)
+            return
+        if not self.state_keys(e, st, "this store"):
+            return
+        for what, ts in (("key", st.keys), ("value", list(st.fields.values()) if st.fields else [st.value])):
+            size = sum(_state_bytes(t) for t in ts)
+            if size > MAX_STATE_BYTES:
+                self.diags.error(e.span, f"'{st.name}''s {what} takes {size} bytes; a state map's key and value "
+                                 f"take at most {MAX_STATE_BYTES} each (they are built on the 512-byte stack)",
+                                 "store fewer or shorter strings")
+                return
+        if (items is None) != (st.fields is None):
+            have = "a record" if st.fields else f"{_a(st.value)}"
+            self.diags.error(a.value.span, f"'{st.name}' holds {have}, but this store gives "
+                             f"{'a record' if items is not None else _a(types[0])}", _first_store(st))
+            return
+        if items is None:
+            if not _state_compatible(types[0], st.value):
+                self.diags.error(a.value.span, f"'{st.name}' holds {_a(st.value)}, but {_is(a.value, types[0])}",
+                                 _first_store(st))
+                return
+            st.value = _widest(st.value, types[0])
+            return
+        if [f for f, _ in a.fields] != list(st.fields):
+            self.diags.error(a.value.span, f"'{st.name}' holds the record {{{', '.join(st.fields)}}}, but this "
+                             f"store gives {{{', '.join(f for f, _ in a.fields)}}}", _first_store(st))
+            return
+        for (fname, v), t in zip(a.fields, types):
+            if not _state_compatible(t, st.fields[fname]):
+                self.diags.error(v.span, f"'{st.name}'s field '{fname}' holds {_a(st.fields[fname])}, but "
+                                 f"{_is(v, t)}", _first_store(st))
+                return
+            st.fields[fname] = _widest(st.fields[fname], t)
+        e.state = st
+
+    def state_value_ok(self, v: n.Expr, t: Type, st: StateMap) -> bool:
+        if self.value_not_constant(v, t, "a state value"):
+            return False
+        if t.kind not in _STATE_KINDS:
+            self.diags.error(v.span, f"cannot store {_describe(v, t)} in '{st.name}'",
+                             "state holds integers, durations, timestamps, pointers, strings and addresses"
+                             + ("; " + _struct_hint(t) if t.kind in ("ptr", "struct") else ""))
+            return False
+        if t.kind == "str" and t.size > MAX_STATE_STR:
+            self.diags.error(v.span, f"{_text(v)} is a string of up to {t.size} bytes; state holds strings of "
+                             f"at most {MAX_STATE_STR}", "store a shorter string (comm is 16 bytes)")
+            return False
+        return True
+
+    def state_name_check(self, e: n.Index) -> None:
+        if e.name in _builtin_field_names() or e.name in self.consts.decls:
+            self.diags.error(e.name_span, f"'{e.name}' is already a {'builtin field' if e.name in _builtin_field_names() else 'constant'}; "
+                             "a state map needs a name of its own", "e.g. `start[skaddr] = ts`")
+
+    def delete(self, a: n.Delete) -> None:
+        e = a.target
+        st = self.states[e.name]
+        st.deletes += 1
+        if not st.written:
+            self.diags.error(e.name_span, f"delete from '{e.name}', which no clause stores",
+                             _did_you_mean(e.name, [s for s in self.states if self.states[s].written]) or
+                             f"store into it first: `on PROBE {{ {e.name}[KEY] = VALUE }}`")
+            return
+        if st.typed and self.state_keys(e, st, "this delete"):
+            e.state = st
+
+    def read_state(self, e: n.Index) -> Type | None:
+        st = self.states.get(e.name)
+        if st is None or st.span is None:
+            self.unstored(e.name, e.name_span)
+            for k in e.keys:
+                self.expr(k)
+            return None
+        st.reads += 1
+        if not self.state_keys(e, st, "this read"):
+            return None
+        e.state = st
+        return T.RECORD if st.fields else st.value
+
+    def unstored(self, name: str, span: Span) -> None:
+        st = self.states.get(name)
+        if st is not None and st.written:
+            return  # its stores did not check: their errors say why
+        stored = [s for s in self.states if self.states[s].written]
+        self.diags.error(span, f"state '{name}' is read, but no clause stores it",
+                         _did_you_mean(name, stored) or
+                         f"store it in the clause that starts what you measure, e.g. "
+                         f"`on PROBE {{ {name}[KEY] = ts }}`")
 
     def aggregate(self, a: n.Aggregate) -> None:
         if a.func not in AGGREGATIONS:
@@ -591,6 +828,11 @@ class _ClauseChecker:
                              _struct_hint(t))
         elif t.kind in ("set", "cidr"):
             self.diags.error(e.span, f"cannot {'group by' if where == 'by' else 'emit'} {_describe(e, t)}")
+        elif t.kind == "record":
+            self.diags.error(e.span, f"{_text(e)} is a record: {'group by' if where == 'by' else 'emit'} one of its "
+                             "fields", _record_hint(e))
+        elif t.kind == "statemap":
+            self.diags.error(e.span, f"'{_text(e)}' is a state map: read one entry", f"e.g. `{_text(e)}[KEY]`")
 
     # -- expressions --
     def expr(self, e: n.Expr) -> Type | None:
@@ -660,6 +902,8 @@ class _ClauseChecker:
             return self.binary(e)
         if isinstance(e, n.Call):
             return self.call(e)
+        if isinstance(e, n.Index):
+            return self.read_state(e)
         raise AssertionError(f"unhandled node {type(e).__name__}")  # the parser makes no other kind
 
     def call(self, e: n.Call) -> Type | None:
@@ -729,6 +973,12 @@ class _ClauseChecker:
                 self.diags.error(e.span, f"'{e.id}' is both a constant and a field of {h.probe}",
                                  "rename the constant")
                 return None
+            if f.kind != "builtin" and e.id in F.BUILTINS:  # a field hides a builtin: say which this is
+                b = F.BUILTINS[e.id]
+                self.diags.warning(e.span, f"'{e.id}' is {h.probe}'s field ({f.doc or f.ty}), not the builtin "
+                                   f"{e.id} ({b.doc})",
+                                   f"write {F.ARGS}.{e.id} for the field, {F.CURRENT}.{e.id} for the builtin; "
+                                   "either spelling silences this warning")
             e.symbol = f
             return f.ty
         sym = self.consts.get(e.id, e.span)
@@ -754,8 +1004,40 @@ class _ClauseChecker:
             if kc is not None:
                 e.symbol = ConstSymbol(kc.name, kc.ty, kc.value, kc.origin)
                 return kc.ty
+        st = self.states.get(e.id)
+        if st is not None:
+            e.symbol = st
+            return T.Type("statemap", cname="state map")
         self.unknown_name(e)
         return None
+
+    def explicit_name(self, e: n.Member) -> Type | None:
+        """args.NAME (the hook's own field: argument, tracepoint field, network field, retval) or current.NAME
+        (a builtin), whichever a bare NAME would mean.  The node becomes the Name it spells, resolved."""
+        h, ns = self.hook, e.obj.id
+        if ns == F.CURRENT:
+            f = F.BUILTINS.get(e.name)
+            if f is None:
+                self.diags.error(e.name_span, f"no builtin '{e.name}'; the builtins are: {', '.join(F.BUILTINS)}",
+                                 _did_you_mean(e.name, list(F.BUILTINS)) or
+                                 f"{F.ARGS}.NAME reads {h.probe}'s own fields")
+                return None
+        else:
+            f = h.fields.get(e.name) or (h.fields.get(h.aliases[e.name]) if e.name in h.aliases else None)
+            if f is None or f.kind == "builtin":
+                own = [k for k, v in h.fields.items() if v.kind != "builtin"]
+                if f is None and not h.tp_fields_known:
+                    self.unknown_name(n.Name(e.name_span, e.name))
+                    return None
+                self.diags.error(e.name_span, f"{h.probe} has no field '{e.name}'" +
+                                 (f"; its fields are: {', '.join(own)}" if own else "; it has no fields of its own"),
+                                 f"{e.name} is a builtin: write {F.CURRENT}.{e.name} or {e.name}"
+                                 if f is not None else _did_you_mean(e.name, own + list(h.aliases))
+                                 or f"`hookql hooks -v {h.probe}` describes them")
+                return None
+        e.__class__ = n.Name  # from here on (codegen too) it is the field it names, as a bare name would be
+        e.id, e.symbol = e.name, f
+        return f.ty
 
     def unknown_name(self, e: n.Name) -> None:
         h = self.hook
@@ -777,11 +1059,29 @@ class _ClauseChecker:
                          hint or f"`hookql hooks -v {h.probe}` describes them")
 
     def member(self, e: n.Member) -> Type | None:
+        if isinstance(e.obj, n.Index):
+            ot = self.expr(e.obj)
+            if ot is None:
+                return None
+            st = e.obj.state
+            if ot.kind != "record":
+                self.diags.error(e.name_span, f"{_describe(e.obj, ot)} has no fields; '.' reads a field of a "
+                                 "record stored as `{a, b}`", _first_store(st))
+                return None
+            if e.name not in st.fields:
+                self.diags.error(e.name_span, f"'{st.name}' holds no field '{e.name}'; its fields are: "
+                                 f"{', '.join(st.fields)}", _did_you_mean(e.name, st.fields) or _first_store(st))
+                return None
+            e.path = ("state", e.name)
+            return st.fields[e.name]
         qual = _qualified(e)
         if qual in self.consts.decls:  # lib.WEB_PORTS: a library's constant
             sym = self.consts.get(qual, e.span)
             e.path = sym
             return sym.ty if sym else None
+        if isinstance(e.obj, n.Name) and e.obj.id in (F.ARGS, F.CURRENT) and e.obj.id not in self.hook.fields \
+                and e.obj.id not in self.consts.decls:
+            return self.explicit_name(e)  # args.pid, current.pid
         ot = self.expr(e.obj)
         if ot is None:
             return None
@@ -849,6 +1149,10 @@ class _ClauseChecker:
             if isinstance(a, bool) and isinstance(b, bool):
                 self.remember(e, (a and b) if op == "and" else (a or b))
             return T.BOOL
+        if op in ("in", "not in") and rt.kind == "statemap":
+            return self.state_test(e, lt)
+        if (op in ("==", "!=") or op in _ORDER) and lt.is_int and rt.is_int and not self.units_compare(e, lt, rt):
+            return None
         if op in ("in", "not in", "==", "!=") or op in _ORDER and lt.is_int and rt.is_int:
             t = self.membership(e, lt, rt) if op in ("in", "not in") else \
                 self.equality(e, lt, rt) if op in ("==", "!=") else self.range_check(e, lt, rt) or T.BOOL
@@ -874,10 +1178,83 @@ class _ClauseChecker:
             elif isinstance(b, int) and (op in ("/", "%") and b == 0 or op in ("<<", ">>") and not 0 <= b < 64):
                 _fold_checked(e, 0, b, self.diags)  # reports why
                 return None
-            return T.INT(64, lt.signed or rt.signed)
+            return self.units_arith(e, lt, rt)
         bad, bt = (e.left, lt) if not lt.is_int else (e.right, rt)
         self.diags.error(e.op_span, f"'{op}' needs integers, but {_is(bad, bt)}", _int_hint(bt))
         return None
+
+    def state_test(self, e: n.Binary, lt: Type) -> Type | None:
+        """`sk in start`: whether the map holds the key (a test; it never stops the clause)."""
+        st: StateMap = e.right.symbol
+        if st.span is None:
+            self.unstored(st.name, e.right.span)
+            return None
+        st.reads += 1
+        if len(st.keys) != 1:
+            self.diags.error(e.right.span, f"'{st.name}' takes {len(st.keys)} keys: `in` tests a map of one key",
+                             f"read it instead, `{st.name}[A, B]`: a clause that reads a key no clause stored "
+                             "does not fire")
+            return None
+        if not _state_compatible(lt, st.keys[0]):
+            self.diags.error(e.left.span, f"'{st.name}' is keyed by {_a(st.keys[0])}, but {_is(e.left, lt)}",
+                             _first_store(st))
+            return None
+        if self.value_not_constant(e.left, lt, "`in`"):
+            return None
+        return T.BOOL
+
+    def units_compare(self, e: n.Binary, lt: Type, rt: Type) -> bool:
+        """Durations compare with durations, timestamps with timestamps; False after reporting why not."""
+        lu, ru = _unit(lt), _unit(rt)
+        if lu == ru:
+            return True
+        if lu and ru:
+            self.diags.error(e.op_span, f"cannot compare {_describe(e.left, lt)} with {_describe(e.right, rt)}",
+                             "a timestamp minus a timestamp is a duration: e.g. `ts - start[sk] > 10ms`")
+            return False
+        unit, plain, pt = (lu, e.right, rt) if lu else (ru, e.left, lt)
+        v = self.constant(plain)
+        if isinstance(v, int):
+            if unit == "ns" and v != 0:
+                self.diags.warning(plain.span, f"{_text(plain)} is a plain number compared with a duration: it "
+                                   "is read as nanoseconds", f"write the unit, e.g. `{v}ns` or `10ms`")
+            return True
+        self.diags.error(e.op_span, f"cannot compare {_describe(e.left, lt)} with {_describe(e.right, rt)}",
+                         f"{_text(plain)} is a plain {pt}, not a {unit == 'ns' and 'duration' or 'timestamp'}: "
+                         "compare durations with durations (`10ms`, `ts - start[k]`) and timestamps with "
+                         "timestamps (`ts`)")
+        return False
+
+    def units_arith(self, e: n.Binary, lt: Type, rt: Type) -> Type | None:
+        """What arithmetic does to time: ts - ts is a duration, ts ± duration a timestamp, a duration
+        times or divided by a number a duration; a plain integer field added to either is an error."""
+        op, lu, ru = e.op, _unit(lt), _unit(rt)
+        plain = T.INT(64, lt.signed or rt.signed)
+        if not lu and not ru:
+            return plain
+        if op in ("+", "-"):
+            if lu == ru == "ts":
+                if op == "-":
+                    return T.DURATION
+                self.diags.error(e.op_span, "two timestamps cannot be added", "subtract them: `ts - start[k]`")
+                return None
+            if lu == ru == "ns":
+                return T.DURATION
+            if lu == "ts" and ru == "ns" or op == "+" and lu == "ns" and ru == "ts":
+                return T.TIMESTAMP
+            if lu and ru:
+                self.diags.error(e.op_span, f"cannot subtract {_describe(e.right, rt)} from a duration",
+                                 "subtract timestamps from timestamps: `ts - start[k]`")
+                return None
+            unit_t, other, ot = (lt, e.right, rt) if lu else (rt, e.left, lt)
+            if self.constant(other) is not None:
+                return T.DURATION if _unit(unit_t) == "ns" else T.TIMESTAMP
+            self.diags.error(e.op_span, f"'{op}' mixes {_describe(e.left, lt)} and {_describe(e.right, rt)}",
+                             f"{_text(other)} is a plain integer: add durations (`10ms`) to durations and timestamps")
+            return None
+        if op == "*" and {lu, ru} == {"ns", None} or op == "/" and lu == "ns" and not ru:
+            return T.DURATION
+        return plain
 
     def equality(self, e: n.Binary, lt: Type, rt: Type) -> Type | None:
         if lt.is_int and rt.is_int or lt.kind == rt.kind == "bool":
@@ -978,6 +1355,64 @@ class _ClauseChecker:
 
 
 # -- helpers -------------------------------------------------------------------
+def _unit(t: Type) -> str | None:
+    """'ns' for a duration, 'ts' for a timestamp, None for any other value."""
+    return t.display if t.kind == "int" and t.display in (T.NS, T.TS) else None
+
+
+def _state_compatible(t: Type, want: Type) -> bool:
+    """A value stored or looked up under a state map's type: integers (and pointers, and booleans) of
+    the same unit, strings, addresses."""
+    num = ("int", "bool", "ptr")
+    if t.kind in num and want.kind in num:
+        return (_unit(t) if t.kind == "int" else None) == (_unit(want) if want.kind == "int" else None)
+    return t.kind == want.kind and t.kind in ("str", "addr")
+
+
+def _state_bytes(t: Type) -> int:
+    return t.size if t.kind == "str" else 16 if t.kind == "addr" else 8
+
+
+def _widest(have: Type, t: Type) -> Type:
+    """The map's type once t is stored or looked up too: a string as long as the longest."""
+    if have.kind == t.kind == "str" and t.size > have.size:
+        return T.string(t.size)
+    return have
+
+
+def _field_name(e: n.Expr) -> str | None:
+    """The name a record field takes from what is stored: comm -> comm, sk.sk_rcvbuf -> sk_rcvbuf."""
+    if isinstance(e, n.Name):
+        return e.id
+    if isinstance(e, n.Member):
+        return e.name
+    return None
+
+
+def _first_store(st: StateMap | None) -> str | None:
+    if st is None or st.span is None:
+        return None
+    return f"'{st.name}' is {st.describe()}, from its first store at line {st.span.line}, column {st.span.col}"
+
+
+def _a(t: Type) -> str:
+    s = str(t)
+    return f"{'an' if s[:1] in 'aeiouAEIOU' else 'a'} {s}"
+
+
+def _record_hint(e: n.Expr) -> str | None:
+    st = getattr(_unwrap_index(e), "state", None)
+    if st is None or not st.fields:
+        return None
+    return f"e.g. `{_text(e)}.{next(iter(st.fields))}`; its fields are: {', '.join(st.fields)}"
+
+
+def _unwrap_index(e: n.Expr):
+    while isinstance(e, n.Call) and e.expansion is not None:
+        e = e.expansion
+    return e
+
+
 def _truncation_hint(e: n.Expr) -> str | None:
     if isinstance(e, n.Name) and e.id == "comm":
         return "the kernel truncates comm to 15 bytes (UTF-8: fewer characters when they are not ASCII)"
@@ -1040,6 +1475,9 @@ def _shape(e: n.Expr) -> tuple:
             out.append(("ip", x.text))
         elif isinstance(x, n.DurationLit):
             out.append(("d", x.nanoseconds))
+        elif isinstance(x, n.Index):
+            out.append(("i", x.name, len(x.keys)))
+            todo += reversed(x.keys)
         else:
             out.append((type(x).__name__, getattr(x, "value", None)))
     return tuple(out)
@@ -1056,6 +1494,8 @@ def _children(e: n.Expr) -> list[n.Expr]:
         return list(e.items)
     if isinstance(e, n.Call):
         return [e.func, *e.args]
+    if isinstance(e, n.Index):
+        return list(e.keys)
     return []
 
 
@@ -1096,7 +1536,7 @@ def _rebuild(e: n.Expr, leaf) -> n.Expr:
         kids = _children(x)
         if isinstance(x, n.Name):
             done.append(leaf(x))
-        elif not kids and not isinstance(x, (n.SetLit, n.Call)):
+        elif not kids and not isinstance(x, (n.SetLit, n.Call, n.Index)):
             done.append(x)
         elif not ready:
             todo.append((x, True))
@@ -1112,6 +1552,8 @@ def _rebuild(e: n.Expr, leaf) -> n.Expr:
                 done.append(n.Member(x.span, new[0], x.name, x.name_span))
             elif isinstance(x, n.SetLit):
                 done.append(n.SetLit(x.span, new))
+            elif isinstance(x, n.Index):
+                done.append(n.Index(x.span, x.name, x.name_span, new))
             else:
                 done.append(n.Call(x.span, new[0], new[1:]))
     return done[0]
@@ -1127,6 +1569,10 @@ def _qualify_action(a: n.Action, ns: str, local: set[str]) -> n.Action:
         return n.Aggregate(a.span, a.func, a.func_span, [q(x) for x in a.args], [q(x) for x in a.by])
     if isinstance(a, n.Emit):
         return n.Emit(a.span, [q(x) for x in a.values])
+    if isinstance(a, n.Store):
+        return n.Store(a.span, q(a.target), q(a.value))
+    if isinstance(a, n.Delete):
+        return n.Delete(a.span, q(a.target))
     return n.Deny(a.span, q(a.errno) if a.errno is not None else None)
 
 

@@ -10,10 +10,29 @@ from hookql import __version__, runargs
 # imported where used, so a warm `hookql run` never loads it (see hookql/cache/runs.py).
 
 
+_PENDING: list[int] = []  # signals that arrived while `run` was getting ready, in order
+
+
+def _defer(signum, frame) -> None:
+    _PENDING.append(signum)
+
+
+def _defer_signals() -> None:
+    """For `run`: Ctrl-C and SIGTERM are noted, not raised, and the run stops at its next step (before
+    loading, or at once once attached: runtime/session.py). An exception raised wherever Python happens
+    to be (inside an import, a class body, clang's wait) could surface as something else entirely."""
+    import _signal
+
+    for s in (_signal.SIGINT, _signal.SIGTERM):
+        if _signal.getsignal(s) != _signal.SIG_IGN:
+            _signal.signal(s, _defer)
+
+
 def main(argv: list[str] | None = None) -> int:
-    try:  # Ctrl-C while the options are read, too: quietly 130 (bin/hookql covers the imports before)
+    try:  # Ctrl-C while the options are read, too: quietly 130 (hookql/__main__.py covers the imports before)
         args = sys.argv[1:] if argv is None else argv
         if args[:1] == ["run"]:
+            _defer_signals()
             fast = runargs.parse(args[1:])  # the common spellings, without argparse
             if fast is not None:
                 fast.func = cmd_run
@@ -289,6 +308,10 @@ def cmd_run(args) -> int:
     script = _single_script(args, "run")
     if isinstance(script, int):
         return script
+    if args.interval and args.every is None:
+        print("hookql run: --interval prints each interval's values: give the interval with --every, "
+              "e.g. --every 1s --interval", file=sys.stderr)
+        return 2
     if args.pid is not None and not _alive(args.pid):
         print(f"hookql: error: -p {args.pid}: no such process; give the id of a running process", file=sys.stderr)
         return 1
@@ -311,7 +334,11 @@ def cmd_run(args) -> int:
             return 1
         if not checked.clauses:
             return _no_clauses(src, "run")
+        if _PENDING:
+            return 128 + _PENDING[0]
         compiled = _build(checked, mode)
+        if _PENDING:  # clang may have been interrupted too: not an error of the script's
+            return 128 + _PENDING[0]
         if isinstance(compiled, int):
             return compiled
         obj, name, layout = compiled.object, compiled.object_name, compiled.layout
@@ -320,9 +347,12 @@ def cmd_run(args) -> int:
     if args.verbose:
         print(f"hookql: object {name} ({how}); kprobes attach as {mode}", file=sys.stderr)
     opts = RunOptions(args.duration, args.every, args.command, args.pid, args.format, args.enforce,
-                      args.verbose, args.map_size, args.ringbuf_size)
+                      args.verbose, args.map_size, args.ringbuf_size, interval=args.interval, top=args.top,
+                      emit_format=args.emit_format)
+    if _PENDING:
+        return 128 + _PENDING[0]
     try:
-        return Session(obj, layout, opts).run()
+        return Session(obj, layout, opts, pending=_PENDING).run()
     except (LoadError, LibbpfError) as exc:
         hint = getattr(exc, "hint", None)
         print(f"hookql: error: {exc.strerror if isinstance(exc, LibbpfError) else exc}", file=sys.stderr)
@@ -502,15 +532,26 @@ def _print_hook(h: Hook, cat: Catalog) -> None:
         out("  Seed arguments this kernel lacks: " + ", ".join(h.seed_only.values()))
     groups = {"arg": "Arguments", "retval": "Return value", "tp": "Tracepoint fields", "derived": "Network fields",
               "builtin": "Builtins"}
-    w = max(len(f.name) for f in h.fields.values())
-    tw = max(len(str(f.ty)) for f in h.fields.values())
+    from hookql.fields import ARGS, CURRENT, shadowed_builtins
+
+    hidden = shadowed_builtins(h.fields)  # builtins a field of the hook has the name of: both are shown
+    shown = [*h.fields.values(), *hidden.values()]
+    w = max(len(f.name) for f in shown) + (len(CURRENT) + 1 if hidden else 0)
+    tw = max(len(str(f.ty)) for f in shown)
     for kind, title in groups.items():
-        fs = [f for f in h.fields.values() if f.kind == kind]
+        fs = [f for f in shown if f.kind == kind]
         if not fs:
             continue
         out(f"  {title}:")
         for f in fs:
-            out(f"    {f.name:<{w}}  {str(f.ty):<{tw}}  {f.doc}")
+            if f.name not in hidden:
+                out(f"    {f.name:<{w}}  {str(f.ty):<{tw}}  {f.doc}")
+            elif kind == "builtin":
+                out(f"    {CURRENT + '.' + f.name:<{w}}  {str(f.ty):<{tw}}  {f.doc} (the builtin; bare `{f.name}` "
+                    f"is the hook's field)")
+            else:
+                out(f"    {f.name:<{w}}  {str(f.ty):<{tw}}  {f.doc} (also {ARGS}.{f.name}; not the builtin "
+                    f"{f.name}, which is {CURRENT}.{f.name}: a bare `{f.name}` is this field, with a warning)")
     if h.entry_args:
         out("  (a kretprobe cannot read arguments: " + ", ".join(h.entry_args.values()) + ")")
     if h.provider == "lsm":

@@ -31,9 +31,20 @@ BUILTINS: dict[str, Field] = {
         Field("gid", T.INT(32), "builtin", "real group id of the current task"),
         Field("cpu", T.INT(32), "builtin", "CPU the probe runs on"),
         Field("cgroup", T.INT(64), "builtin", "cgroup v2 id of the current task"),
-        Field("ts", T.INT(64, display=T.NS), "builtin", "monotonic time in nanoseconds (bpf_ktime_get_ns)"),
+        Field("ts", T.TIMESTAMP, "builtin", "monotonic time in nanoseconds (bpf_ktime_get_ns); ts - ts is a duration"),
     )
 }
+
+# Explicit spellings, for where a hook's own field has a builtin's name (tracepoint:syscalls:sys_enter_kill's
+# `pid` is the target's; the builtin `pid` the caller's): `args.pid` is the hook's field, `current.pid` the
+# builtin.  A bare name that could be either means the hook's field, with a warning.
+ARGS, CURRENT = "args", "current"
+
+
+def shadowed_builtins(fields: dict[str, Field]) -> dict[str, Field]:
+    """The builtins a hook's own fields hide by name: reachable as current.NAME only."""
+    return {name: BUILTINS[name] for name, f in fields.items() if name in BUILTINS and f.kind != "builtin"}
+
 
 RETVAL_DOC = {"kretprobe": "the value the function returns",
               "lsm": "verdict of the LSM programs before this one (0 = allowed)"}

@@ -94,6 +94,16 @@ class Call(Expr):
     expansion: Any = field(default=None, init=False, repr=False)
 
 
+@dataclass(eq=False)
+class Index(Expr):
+    """start[skaddr] (or m[a, b]): a read of a state map; the checker sets `state`."""
+
+    name: str
+    name_span: Span
+    keys: list[Expr]
+    state: Any = field(default=None, init=False, repr=False)  # checker.StateMap
+
+
 # -- actions ------------------------------------------------------------------
 @dataclass(eq=False)
 class Action(Node):
@@ -117,6 +127,20 @@ class Emit(Action):
 class Deny(Action):
     errno: Expr | None
     value: int = field(default=0, init=False)  # the errno, once checked
+
+
+@dataclass(eq=False)
+class Store(Action):
+    """start[skaddr] = ts, or who[sk] = {comm, pid} (a record: `fields` names its values)."""
+
+    target: Index
+    value: Expr | None  # one value, or None for a record
+    fields: list[tuple[str, Expr]] = field(default_factory=list)
+
+
+@dataclass(eq=False)
+class Delete(Action):
+    target: Index
 
 
 # -- items --------------------------------------------------------------------

@@ -28,7 +28,7 @@ _EXPECTED = {
     "COMMA": "','", "SEMICOLON": "';'", "_NL": "a new line", "EQUAL": "'='", "DOT": "'.'",
     "COMP_OP": "a comparison", "$END": "end of input", "WHERE": "'where'", "BY": "'by'", "ON": "'on'",
     "CONST": "'const'", "USE": "'use'", "EMIT": "'emit'", "DENY": "'deny'", "IN": "'in'", "NOT": "'not'",
-    "AND": "'and'", "OR": "'or'",
+    "AND": "'and'", "OR": "'or'", "LSQB": "'['", "RSQB": "']'", "DELETE": "'delete'",
 }
 # How deep expressions nest: parentheses around a further operator, `not`/`-`/`~`, `.`, a call's or a
 # set's items each go one level down.  A chain of operators at one level (`a or b or c ...`,
@@ -71,6 +71,7 @@ def needs_more(text: str) -> bool:
     for t in toks:
         depth += t.type in ("LBRACE", "LPAR")
         depth -= t.type in ("RBRACE", "RPAR")
+    depth += sum((t.type == "LSQB") - (t.type == "RSQB") for t in toks)
     if depth > 0:
         return True
     last = toks[-1]
@@ -78,7 +79,8 @@ def needs_more(text: str) -> bool:
         shaped = shape(toks)
         closed = any(t.type in ("RBRACE", "RANGLE") for t in shaped)
         return not closed
-    return last.type in _OPERATORS or last.type in ("COMMA", "EQUAL", "COMP_OP", "AND", "OR", "NOT", "IN", "BY")
+    return last.type in _OPERATORS or last.type in ("COMMA", "EQUAL", "COMP_OP", "AND", "OR", "NOT", "IN", "BY",
+                                                     "DELETE")
 
 
 def _parse_tokens(source: Source, toks: list[Token], diags: Diagnostics, raw: list[Token]) -> n.Node | None:
@@ -187,6 +189,10 @@ def _unclosed(toks: list[Token]) -> Token | None:
 
 def _hint_for(tok: Token, expected: set[str], toks: list[Token]) -> str | None:
     if tok.type == "EQUAL" and "COMP_OP" in expected:
+        before = next((toks[i - 1] for i, t in enumerate(toks) if t is tok and i), None)
+        if before is not None and before.type == "RSQB":
+            return ("state is stored by an action of its own in a clause's block, e.g. "
+                    "`on PROBE { start[skaddr] = ts }`; to compare, use '=='")
         return "use '==' to compare"
     if tok.type == "NAME" and "PROBE" in expected:
         return (f"a probe names its provider, e.g. lsm:{tok.value} or kprobe:{tok.value}; "
@@ -293,6 +299,16 @@ class _Build(Transformer):
     def deny(self, meta, c):
         return n.Deny(self._span(meta), c[0] if c else None)
 
+    def store(self, meta, c):
+        return n.Store(self._span(meta), c[0], c[1])
+
+    def delete(self, meta, c):
+        return n.Delete(self._span(meta), c[0])
+
+    def index(self, meta, c):
+        name, *keys = c
+        return self._nest(n.Index(self._span(meta), str(name), self._tok(name), list(keys)), *keys)
+
     # -- expressions --
     def or_(self, meta, c):
         return self._bin(meta, "or", c[0], c[-1], None)
@@ -360,7 +376,9 @@ class _Build(Transformer):
             self.diags.error(span, f"{_short(str(c[0]))} is more than 64 bits of nanoseconds",
                              "durations are 64-bit nanoseconds: at most about 584 years (5124095h)")
             ns = None
-        return n.DurationLit(span, 1 if ns is None else ns, str(c[0]))
+        if ns is None:  # reported: a plain 1 from here on, so no error follows from it (nor from its unit)
+            return n.IntLit(span, 1)
+        return n.DurationLit(span, ns, str(c[0]))
 
     def str_lit(self, meta, c):
         return n.StrLit(self._span(meta), _unquote(str(c[0])))

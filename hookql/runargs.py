@@ -60,6 +60,14 @@ def ringbuf_size(text: str) -> int:
     return n
 
 
+def top(text: str) -> int:
+    """--top: how many rows of each keyed aggregation to print, 1 .. MAX_MAP_SIZE."""
+    n = _integer(text)
+    if n is None or not 1 <= n <= MAX_MAP_SIZE:
+        raise ValueError(f"'{text}' is not a row count: give a number from 1 to {MAX_MAP_SIZE}, e.g. --top 10")
+    return n
+
+
 def _integer(text: str) -> int | None:
     """A decimal integer as int() reads it (sign, spaces, underscores), or None."""
     try:
@@ -75,7 +83,13 @@ OPTIONS = (
     (("-c",), "command", "value", str, None, "CMD", "run CMD once attached; stop when it exits"),
     (("-p",), "pid", "value", pid, None, "PID", "only events of process PID; stop when it exits"),
     (("--every",), "every", "value", duration, None, "TIME", "also print the aggregations every TIME"),
+    (("--interval",), "interval", "flag", None, None, None,
+     "with --every: print each interval's values only (counts since the last print), not running totals"),
+    (("--top",), "top", "value", top, None, "N",
+     "print only the N largest rows of each keyed aggregation, and how many were left out"),
     (("--format",), "format", "value", str, ("text", "json"), None, None),
+    (("--emit-format",), "emit_format", "value", str, ("kv", "columns"), None,
+     "text form of emit: kv (name=value, the default) or columns (a header, then aligned columns)"),
     (("--enforce",), "enforce", "flag", None, None, None, "let `deny` block; without it, deny only counts"),
     (("--map-size",), "map_size", "value", map_size, None, "N",
      f"entries per keyed aggregation, 1 to {MAX_MAP_SIZE} (default 4096, as bpftrace)"),
@@ -84,7 +98,8 @@ OPTIONS = (
      "drops are counted and reported"),
     (("-v", "--verbose"), "verbose", "flag", None, None, None, "say how each probe attached; show libbpf's log"),
 )
-DEFAULTS = {"file": None, "format": "text", **{o[1]: None for o in OPTIONS if o[2] == "value" and o[1] != "format"},
+DEFAULTS = {"file": None, "format": "text", "emit_format": "kv",
+            **{o[1]: None for o in OPTIONS if o[2] == "value" and o[1] not in ("format", "emit_format")},
             **{o[1]: False for o in OPTIONS if o[2] == "flag"}}
 
 

@@ -13,6 +13,7 @@ from typing import Any
 
 # display hints for integers: how the runtime prints them
 AF, PORT, PROTO, TCP_STATE, ERRNO, SOCK_TYPE, NS, HEX = "af", "port", "proto", "tcp_state", "errno", "sock_type", "ns", "hex"
+TS = "ts"  # a point in time (bpf_ktime_get_ns); NS is a duration
 DISPLAY_NAMES = {AF: "address family", PORT: "port", PROTO: "IP protocol", TCP_STATE: "TCP state",
                  ERRNO: "errno", SOCK_TYPE: "socket type", NS: "nanoseconds"}
 
@@ -31,6 +32,12 @@ class Type:
     cname: str = ""  # C spelling for messages ("struct sock *", "size_t")
 
     def __str__(self) -> str:
+        if self.kind == "int" and self.display == NS:
+            return "duration"
+        if self.kind == "int" and self.display == TS:
+            return "timestamp"
+        if self.kind == "record":
+            return "record"
         if self.kind == "int":
             base = self.cname or f"{'s' if self.signed else 'u'}{self.bits}"
             shown = "integer" if base == "integer" else f"integer, {base}"
@@ -65,6 +72,10 @@ def INT(bits: int = 64, signed: bool = False, display: str | None = None, cname:
 
 
 BOOL = Type("bool", bits=8)
+# Time: `ts` is a timestamp (monotonic nanoseconds); `ts - start[k]` and `10ms` are durations (nanoseconds).
+DURATION = Type("int", bits=64, signed=False, display=NS, cname="duration")
+TIMESTAMP = Type("int", bits=64, signed=False, display=TS, cname="timestamp")
+RECORD = Type("record")  # a state map's value of several fields: read as who[k].comm
 LITERAL_INT = Type("int", bits=64, signed=True, cname="integer")
 STR = Type("str", size=0)
 

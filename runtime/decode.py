@@ -37,6 +37,21 @@ def field_value(buf: bytes, f: dict):
     return int.from_bytes(raw, "little", signed=f["signed"])
 
 
+_UNITS = ((1_000_000_000, "s"), (1_000_000, "ms"), (1_000, "us"))
+
+
+def duration_text(ns: int) -> str:
+    """A duration in nanoseconds as text: 950ns, 1.5us, 12.345ms, 2s (three decimals at most,
+    truncated, trailing zeros dropped); runtime/events.c prints emitted durations the same way."""
+    sign, v = ("-", -ns) if ns < 0 else ("", ns)
+    for size, unit in _UNITS:
+        if v >= size:
+            whole, frac = divmod(v, size)
+            frac = frac * 1000 // size
+            return f"{sign}{whole}{('.' + f'{frac:03d}'.rstrip('0')) if frac else ''}{unit}"
+    return f"{sign}{v}ns"
+
+
 def display(value, kind: str | None):
     """How a value prints: names for families, protocols, TCP states, errnos."""
     if isinstance(value, int):
@@ -119,6 +134,17 @@ class MapReader:
             if vals is not None:
                 out.append(Row(decode_key(cur.raw, agg["by"]), combine(func, vals, agg["value_signed"])))
         return out
+
+    def count_keys(self, fd: int, key_size: int) -> int:
+        """How many entries a hash map holds now (a state map's leftovers at exit)."""
+        cur = ctypes.create_string_buffer(key_size)
+        nxt = ctypes.create_string_buffer(key_size)
+        prev, n = None, 0
+        while self.l.bpf_map_get_next_key(fd, prev, nxt) == 0:
+            ctypes.memmove(cur, nxt, key_size)
+            prev = cur
+            n += 1
+        return n
 
     def stats(self, fd: int, names: list[str]) -> dict[str, int]:
         out = {}

@@ -13,7 +13,7 @@
 #include <unistd.h>
 
 enum { K_UINT, K_SINT, K_STR, K_ADDR };
-enum { D_NONE, D_NAMES, D_HEX };
+enum { D_NONE, D_NAMES, D_HEX, D_DURATION };
 
 struct hq_name {
 	int64_t value;
@@ -25,13 +25,15 @@ struct hq_field {
 	const char *prefix; /* separator and name: "comm=", " pid=", "\"comm\": ", ", \"pid\": " */
 	const struct hq_name *names;
 	uint32_t n_names;
+	uint32_t width; /* columns: pad the value with spaces to this many characters (0: no padding) */
 };
 
 struct hq_record {
 	const char *head, *tail; /* JSON: {"probe": ..., "event": {  and  }}\n; text: "" and \n */
 	uint32_t size, n_fields;
-	uint32_t max_text; /* the most text one record can print as */
+	uint32_t max_text; /* the most text one record can print as (with the header) */
 	const struct hq_field *fields;
+	const char *header; /* columns: the header line, printed before the first of a run of these records */
 };
 
 struct hq_out {
@@ -43,6 +45,7 @@ struct hq_out {
 	uint64_t len, cap;
 	uint64_t events, bad; /* printed; could not be decoded (unknown id, short record) */
 	int32_t error;        /* errno of a failed write: output stops, the caller reports it */
+	uint32_t last;        /* the id of the record printed last (~0: none, or tables came between) */
 };
 
 #define FLUSH_AT (64 * 1024)
@@ -285,6 +288,44 @@ out:
 		put(o, "\"", 1);
 }
 
+/* Columns: spaces after a value that began at `from`, up to `width` characters (UTF-8 code points; an
+ * escape such as \x1b counts as the 4 characters it prints as).  A longer value is not cut. */
+static void pad_to(struct hq_out *o, uint64_t from, uint32_t width)
+{
+	uint32_t chars = 0;
+	for (uint64_t i = from; i < o->len; i++)
+		chars += ((uint8_t)o->buf[i] & 0xC0) != 0x80;
+	while (chars < width) {
+		put(o, " ", 1);
+		chars++;
+	}
+}
+
+/* A duration in nanoseconds as runtime/decode.py's duration_text writes it: 950ns, 1.5us, 12.345ms, 2s. */
+static void put_duration(struct hq_out *o, uint64_t v)
+{
+	static const uint64_t sizes[] = {1000000000ULL, 1000000ULL, 1000ULL};
+	static const char *const units[] = {"s", "ms", "us"};
+
+	for (int i = 0; i < 3; i++) {
+		if (v >= sizes[i]) {
+			uint64_t frac = (v % sizes[i]) * 1000 / sizes[i];
+			put_u64(o, v / sizes[i]);
+			if (frac) {
+				char d[4] = {'.', (char)('0' + frac / 100), (char)('0' + frac / 10 % 10), (char)('0' + frac % 10)};
+				size_t n = 4;
+				while (d[n - 1] == '0')
+					n--;
+				put(o, d, n);
+			}
+			puts_(o, units[i]);
+			return;
+		}
+	}
+	put_u64(o, v);
+	put(o, "ns", 2);
+}
+
 static void put_int(struct hq_out *o, const struct hq_field *f, const uint8_t *p)
 {
 	uint64_t u = 0;
@@ -301,6 +342,15 @@ static void put_int(struct hq_out *o, const struct hq_field *f, const uint8_t *p
 				return;
 			}
 		}
+	}
+	if (f->display == D_DURATION && !o->json) {
+		if (f->kind == K_SINT && s < 0) {
+			put(o, "-", 1);
+			put_duration(o, -(uint64_t)s);
+		} else {
+			put_duration(o, u);
+		}
+		return;
 	}
 	if (f->display == D_HEX) {
 		if (o->json)
@@ -363,16 +413,23 @@ int hq_ev_sample(void *ctx, void *data, size_t size)
 		o->error = ENOMEM;
 		return 0;
 	}
+	if (r->header && o->last != id)
+		puts_(o, r->header);
+	o->last = id;
 	puts_(o, r->head);
 	for (uint32_t i = 0; i < r->n_fields; i++) {
 		const struct hq_field *f = &r->fields[i];
+		uint64_t from;
 		puts_(o, f->prefix);
+		from = o->len;
 		if (f->kind == K_STR)
 			put_str(o, rec + f->offset, f->size);
 		else if (f->kind == K_ADDR)
 			put_addr(o, rec + f->offset);
 		else
 			put_int(o, f, rec + f->offset);
+		if (f->width)
+			pad_to(o, from, f->width);
 	}
 	puts_(o, r->tail);
 	o->events++;

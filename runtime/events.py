@@ -24,8 +24,9 @@ from hookql.runtime.escape import escape_text
 
 _SOURCE = Path(__file__).with_name("events.c")
 _KINDS = {"uint": 0, "sint": 1, "str": 2, "addr": 3}
-_D_NONE, _D_NAMES, _D_HEX = 0, 1, 2
+_D_NONE, _D_NAMES, _D_HEX, _D_DURATION = 0, 1, 2, 3
 _MAX_INT_TEXT = 24  # -9223372036854775808, or "0x" + 16 digits in quotes
+_NONE = 0xFFFFFFFF  # no record printed yet
 
 
 class EventsError(RuntimeError):
@@ -39,19 +40,20 @@ class _Name(ctypes.Structure):
 class _Field(ctypes.Structure):
     _fields_ = [("offset", ctypes.c_uint32), ("size", ctypes.c_uint32), ("kind", ctypes.c_uint32),
                 ("display", ctypes.c_uint32), ("prefix", ctypes.c_char_p), ("names", ctypes.POINTER(_Name)),
-                ("n_names", ctypes.c_uint32)]
+                ("n_names", ctypes.c_uint32), ("width", ctypes.c_uint32)]
 
 
 class _Record(ctypes.Structure):
     _fields_ = [("head", ctypes.c_char_p), ("tail", ctypes.c_char_p), ("size", ctypes.c_uint32),
-                ("n_fields", ctypes.c_uint32), ("max_text", ctypes.c_uint32), ("fields", ctypes.POINTER(_Field))]
+                ("n_fields", ctypes.c_uint32), ("max_text", ctypes.c_uint32), ("fields", ctypes.POINTER(_Field)),
+                ("header", ctypes.c_char_p)]
 
 
 class _Out(ctypes.Structure):
     _fields_ = [("fd", ctypes.c_int32), ("json", ctypes.c_int32), ("n_records", ctypes.c_uint32),
                 ("records", ctypes.POINTER(_Record)), ("buf", ctypes.c_void_p), ("len", ctypes.c_uint64),
                 ("cap", ctypes.c_uint64), ("events", ctypes.c_uint64), ("bad", ctypes.c_uint64),
-                ("error", ctypes.c_int32)]
+                ("error", ctypes.c_int32), ("last", ctypes.c_uint32)]
 
 
 @cache
@@ -122,14 +124,40 @@ def _names(display: str | None, as_json: bool) -> list[tuple[int, str]]:
     return [(v, json.dumps(t) if as_json else t) for v, t in pairs]
 
 
+_INT_WIDTH = {(1, False): 3, (1, True): 4, (2, False): 5, (2, True): 6, (4, False): 10, (4, True): 11}
+_PID_NAMES = ("pid", "tid", "ppid", "tgid")
+
+
+def column_width(f: dict, names: list[tuple[int, str]]) -> int:
+    """How wide an emit field's column is, from its type, as bcc's tools lay theirs out: comm 16, a pid 7
+    (PID_MAX_LIMIT has 7 digits), an address 39 (the longest IPv6 text), an integer as wide as its type's
+    largest value (or its longest name: AF_INET6, -ECONNREFUSED), hex 0x and two digits a byte; a longer
+    string 24.  The header's name widens a column; a longer value is printed whole, not cut."""
+    kind, size = f["kind"], f["size"]
+    if kind == "str":
+        width = min(size, 16 if size <= 16 else 24)
+    elif kind == "addr":
+        width = 39
+    elif f["display"] == "hex":
+        width = 2 + 2 * size
+    elif f["name"].rpartition(".")[2] in _PID_NAMES or f["name"].endswith("_pid"):
+        width = 7
+    else:
+        width = max(_INT_WIDTH.get((size, bool(f["signed"])), 20), max((len(t) for _, t in names), default=0))
+    return max(width, len(escape_text(f["name"])))
+
+
 class EventPrinter:
     """Prints every record of a layout's `emits` to `out` (a file with a
     descriptor: written by the C directly; anything else gets the text from
-    take())."""
+    take()).  Text is `name=value` pairs (kv) or aligned columns under a
+    header line (columns: the header again whenever another emit's records
+    follow, or tables were printed in between); JSON is one object a line."""
 
-    def __init__(self, records: list[dict], fmt: str, out):
+    def __init__(self, records: list[dict], fmt: str, out, emit_format: str = "kv"):
         self.lib = _library()
         self.json = fmt == "json"
+        self.columns = not self.json and emit_format == "columns"
         self._keep = []  # every ctypes object the C points into
         recs = (_Record * len(records))()
         for r in sorted(records, key=lambda r: r["id"]):
@@ -139,7 +167,7 @@ class EventPrinter:
         except (AttributeError, OSError, ValueError):
             fd = -1
         self.out = out
-        self.state = _Out(fd=fd, json=self.json, n_records=len(records), records=recs)
+        self.state = _Out(fd=fd, json=self.json, n_records=len(records), records=recs, last=_NONE)
         self._keep.append(recs)
         self.sample_fn = ctypes.cast(self.lib.hq_ev_sample, ctypes.c_void_p)
         self.ctx = ctypes.cast(ctypes.pointer(self.state), ctypes.c_void_p)
@@ -152,29 +180,49 @@ class EventPrinter:
     def _record(self, rec: dict) -> _Record:
         fields = (_Field * len(rec["fields"]))()
         text = 0
+        header = []
         for i, f in enumerate(rec["fields"]):
             sep = (", " if self.json else " ") if i else ""
             prefix = f"{sep}{json.dumps(f['name'])}: " if self.json else f"{sep}{escape_text(f['name'])}="
+            if self.columns:
+                prefix = sep
             kind = f["kind"] if f["kind"] != "int" else ("sint" if f["signed"] else "uint")
             names = _names(f["display"], self.json) if kind in ("uint", "sint") else []
             names = [(v, t) for v, t in names if v >= 0 or kind == "sint"]
             table = (_Name * len(names))(*[_Name(v, self._c(t)) for v, t in names])
             self._keep.append(table)
-            display = _D_NAMES if names else _D_HEX if f["display"] == "hex" else _D_NONE
-            fields[i] = _Field(f["offset"], f["size"], _KINDS[kind], display, self._c(prefix), table, len(names))
+            display = _D_NAMES if names else _D_HEX if f["display"] == "hex" else \
+                _D_DURATION if f["display"] == "ns" and not self.json else _D_NONE  # 1.5ms; JSON: nanoseconds
+            width = 0
+            if self.columns:
+                width = column_width(f, names)
+                title = escape_text(f["name"].upper())
+                header.append(title.ljust(width) if i < len(rec["fields"]) - 1 else title)
+                if i == len(rec["fields"]) - 1:
+                    width = 0  # the last column: no trailing spaces
+            fields[i] = _Field(f["offset"], f["size"], _KINDS[kind], display, self._c(prefix), table, len(names),
+                               width)
             # the most this value can print as: JSON escapes are up to 6 bytes per byte of a string (text
             # escapes up to 4: \x1b), in bytes (a name as written can hold UTF-8)
             longest_name = max((len(t.encode()) for _, t in names), default=0)
             value = 6 * f["size"] + 2 if kind == "str" else 48 if kind == "addr" else max(_MAX_INT_TEXT, longest_name)
-            text += len(prefix.encode()) + value
+            text += len(prefix.encode()) + value + width
         self._keep.append(fields)
+        head_line = " ".join(header) + "\n" if self.columns else None
         if self.json:
-            head = f'{{"probe": {json.dumps(rec["probe"])}, "line": {rec["line"]}, "event": {{'
+            units = {f["name"]: "ns" for f in rec["fields"] if f["kind"] == "int" and f["display"] == "ns"}
+            head = (f'{{"probe": {json.dumps(rec["probe"])}, "line": {rec["line"]}, '
+                    + (f'"units": {json.dumps(units)}, ' if units else "") + '"event": {')
             tail = "}}\n"
         else:
             head, tail = "", "\n"
         return _Record(self._c(head), self._c(tail), rec["size"], len(rec["fields"]),
-                       text + len(head) + len(tail), fields)
+                       text + len(head) + len(tail) + len((head_line or "").encode()), fields,
+                       self._c(head_line) if head_line else None)
+
+    def new_header(self) -> None:
+        """Columns: print the header again before the next record (tables were printed in between)."""
+        self.state.last = _NONE
 
     def flush(self) -> None:
         """Write what the C has formatted (after the caller flushed `out`, so output stays in order)."""

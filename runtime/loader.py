@@ -110,6 +110,9 @@ class BpfObject:
                 if agg["by"]:
                     m = self.l.bpf_object__find_map_by_name(self.obj, agg["map"].encode())
                     libbpf.check_int(self.l.bpf_map__set_max_entries(m, map_entries), "bpf_map__set_max_entries")
+            for st in self.layout.get("states", ()):  # state maps: the same size
+                m = self.l.bpf_object__find_map_by_name(self.obj, st["map"].encode())
+                libbpf.check_int(self.l.bpf_map__set_max_entries(m, map_entries), "bpf_map__set_max_entries")
 
     def only(self, funcs: set[str]) -> None:
         """Load only these programs (the others are not even verified)."""
@@ -185,8 +188,10 @@ def _map_error(err: int, layout: dict, sizes: dict) -> LoadError | None:
     if name is None or err not in (errno.ENOMEM, errno.E2BIG, errno.EINVAL):
         return None
     agg = next((a for a in layout["aggregations"] if a["map"] == name), None)
-    option = _MAP_OPTION.get(name) or ("--map-size" if agg and agg["by"] else None)
+    st = next((s for s in layout.get("states", ()) if s["map"] == name), None)
+    option = _MAP_OPTION.get(name) or ("--map-size" if agg and agg["by"] or st else None)
     what = (f"the map of `{agg['text']}` (line {agg['line']}, {name})" if agg
+            else f"state '{st['name']}' (line {st['line']}, {name})" if st
             else "the ring buffer of `emit` (hq_events)" if name == "hq_events" else f"map {name}")
     size = (f"{option} {sizes[option]}" if option in sizes
             else f"its default size ({_DEFAULT_SIZE[option]})" if option else "its size")

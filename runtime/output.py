@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import sys
 
-from hookql.runtime.decode import Row, display
+from hookql.runtime.decode import Row, display, duration_text
 from hookql.runtime.escape import escape_text
 
 BAR = 52
@@ -33,20 +33,26 @@ def _num(v: int) -> str:
     return str(v)
 
 
-def bucket_label(lo, hi, func: str) -> str:
+def bucket_label(lo, hi, func: str, unit: str | None = None) -> str:
+    num = duration_text if unit == "ns" else _num  # a histogram of durations: bounds with units
     if func == "hist" and lo is not None and hi == lo + 1:
-        return f"[{_num(lo)}]"
-    return f"{'(...' if lo is None else '[' + _num(lo)}, {'...)' if hi is None else _num(hi) + ')'}"
+        return f"[{num(lo)}]"
+    return f"{'(...' if lo is None else '[' + num(lo)}, {'...)' if hi is None else num(hi) + ')'}"
 
 
 def _key_text(agg: dict, key: dict) -> list[str]:
-    return [escape_text(display(key[f["name"]], f["display"])) for f in agg["by"]]
+    return [escape_text(_dur_or(key[f["name"]], f["display"])) for f in agg["by"]]
 
 
 def _value_text(agg: dict, value) -> str:
     if value is None:
         return "-"
-    return escape_text(display(value, agg["value_display"] if agg["func"] in ("min", "max", "sum") else None))
+    return escape_text(_dur_or(value, agg["value_display"] if agg["func"] in ("min", "max", "sum", "avg") else None))
+
+
+def _dur_or(value, kind: str | None):
+    """Durations (display "ns") print with units in text; JSON keeps integer nanoseconds."""
+    return duration_text(value) if kind == "ns" and isinstance(value, int) else display(value, kind)
 
 
 def _sort_value(row: Row):
@@ -54,6 +60,21 @@ def _sort_value(row: Row):
     if isinstance(v, list):
         return sum(v)
     return v if v is not None else 0
+
+
+def top_rows(rows: list[Row], top: int | None) -> tuple[list[Row], int]:
+    """The rows largest first (the sum of a histogram's counts), at most `top` of them; and how many were left
+    out.  Ties keep the map's order."""
+    rows = sorted(rows, key=_sort_value, reverse=True)
+    if top is None or len(rows) <= top:
+        return rows, 0
+    return rows[:top], len(rows) - top
+
+
+def _clock(t: float) -> str:
+    import time
+
+    return time.strftime("%H:%M:%S", time.localtime(t)) + f".{int(t % 1 * 1000):03d}"
 
 
 class _LineCounter:
@@ -72,9 +93,14 @@ class _LineCounter:
 
 
 class TextPrinter:
-    def __init__(self, out=sys.stdout, source: str = ""):
+    def __init__(self, out=sys.stdout, source: str = "", top: int | None = None):
         self.out = _LineCounter(out)
         self.source = source
+        self.top = top  # --top: at most this many rows of a keyed aggregation
+
+    def interval(self, n: int, start: float, end: float) -> None:
+        """--interval: what follows holds this interval's values only (wall-clock start and end)."""
+        self.out.write(f"\n--- interval {n}: {_clock(start)} to {_clock(end)} ({end - start:.2f}s) ---\n")
 
     def erase(self) -> None:
         """Move back over everything printed so far and clear it (ANSI)."""
@@ -91,12 +117,14 @@ class TextPrinter:
         if not rows or all(_sort_value(r) == 0 for r in rows):
             self.out.write("  (no events)\n")
             return
-        rows = sorted(rows, key=_sort_value, reverse=True)
+        rows, omitted = top_rows(rows, self.top if agg["by"] else None)
+        more = f"  ... and {omitted} more\n" if omitted else ""
         if agg["func"] in ("hist", "lhist"):
             for row in rows:
                 if agg["by"]:
                     self.out.write("  " + "  ".join(f"{escape_text(f['name'])}={t}" for f, t in zip(agg["by"], _key_text(agg, row.key))) + "\n")
                 self.histogram(agg, row.value)
+            self.out.write(more)
             return
         head = [escape_text(h.upper()) for h in [f["name"] for f in agg["by"]] + [agg["func"]]]
         body = [_key_text(agg, r.key) + [_value_text(agg, r.value)] for r in rows]
@@ -106,6 +134,7 @@ class TextPrinter:
         self.out.write(fmt(head).rstrip() + "\n")
         for cells in body:
             self.out.write(fmt(cells).rstrip() + "\n")
+        self.out.write(more)
 
     def histogram(self, agg: dict, counts: list[int]) -> None:
         bounds = bucket_bounds(agg)
@@ -114,7 +143,7 @@ class TextPrinter:
             self.out.write("  (no events)\n")
             return
         top = max(counts)
-        labels = [bucket_label(*bounds[i], agg["func"]) for i in range(used[0], used[-1] + 1)]
+        labels = [bucket_label(*bounds[i], agg["func"], agg.get("value_display")) for i in range(used[0], used[-1] + 1)]
         lw = max(len(l) for l in labels)
         for label, i in zip(labels, range(used[0], used[-1] + 1)):
             bar = "@" * round(BAR * counts[i] / top) if top else ""
@@ -133,16 +162,22 @@ class TextPrinter:
 class JsonPrinter:
     """One JSON object per line: each aggregation per print, each emitted event."""
 
-    def __init__(self, out=sys.stdout, source: str = ""):
+    def __init__(self, out=sys.stdout, source: str = "", top: int | None = None):
         self.out = out
         self.source = source
+        self.top = top  # --top: "rows" holds at most this many, "omitted" says how many more there were
+        self.extra: dict = {}  # --interval: {"interval": n, "start": t0, "end": t1} on each object
+
+    def interval(self, n: int, start: float, end: float) -> None:
+        self.extra = {"interval": n, "start": round(start, 6), "end": round(end, 6)}
 
     def _write(self, obj: dict) -> None:
-        self.out.write(json.dumps(obj, default=str) + "\n")
+        self.out.write(json.dumps({**obj, **self.extra}, default=str) + "\n")
 
     def aggregation(self, agg: dict, rows: list[Row]) -> None:
         out_rows = []
-        for r in sorted(rows, key=_sort_value, reverse=True):
+        shown, omitted = top_rows(rows, self.top if agg["by"] else None)
+        for r in shown:
             key = {f["name"]: _jsonable(display(r.key[f["name"]], f["display"])) for f in agg["by"]}
             if agg["func"] in ("hist", "lhist"):
                 value = [{"min": lo, "max": hi, "count": c}
@@ -151,7 +186,9 @@ class JsonPrinter:
                 value = _jsonable(r.value)
             out_rows.append({"key": key, "value": value})
         self._write({"probe": agg["probe"], "aggregation": agg["func"], "text": agg["text"], "line": agg["line"],
-                     "by": [f["name"] for f in agg["by"]], "rows": out_rows})
+                     "by": [f["name"] for f in agg["by"]], "rows": out_rows,
+                     **({"unit": "ns"} if agg.get("value_display") == "ns" else {}),
+                     **({"omitted": omitted} if self.top is not None and agg["by"] else {})})
 
     def deny(self, probe: str, denied: int, would: int, enforce: bool) -> None:
         self._write({"probe": probe, "aggregation": "deny", "enforce": enforce, "denied": denied,

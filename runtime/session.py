@@ -8,6 +8,8 @@ links and fds whatever ends the run.
 from __future__ import annotations
 
 import _signal  # what `signal` wraps: that module's import (enum) is a tenth of a warm start
+import ctypes
+import errno
 import os
 import sys
 import time
@@ -24,13 +26,18 @@ POLL_MS = 100
 class RunOptions:
     def __init__(self, duration: float | None = None, every: float | None = None, command: str | None = None,
                  pid: int | None = None, format: str = "text", enforce: bool = False, verbose: bool = False,
-                 map_entries: int | None = None, ringbuf_size: int | None = None):
+                 map_entries: int | None = None, ringbuf_size: int | None = None, interval: bool = False,
+                 top: int | None = None, emit_format: str = "kv"):
         self.duration, self.every, self.command, self.pid, self.format = duration, every, command, pid, format
         self.enforce, self.verbose, self.map_entries, self.ringbuf_size = enforce, verbose, map_entries, ringbuf_size
+        self.interval = interval  # print each interval's values (since the last print), not running totals
+        self.top = top  # print at most this many rows of each keyed aggregation
+        self.emit_format = emit_format  # emit's text form: kv (name=value) or columns
 
 
 class Session:
-    def __init__(self, obj, layout: dict, opts: RunOptions, out=None, err=None, redraw: bool = False):
+    def __init__(self, obj, layout: dict, opts: RunOptions, out=None, err=None, redraw: bool = False,
+                 pending: list[int] | None = None):
         self.obj = obj  # the object's bytes (or a path to it): BpfObject
         self.layout = layout
         self.opts = opts
@@ -38,7 +45,11 @@ class Session:
         self.err = err or sys.stderr
         self._printer = None
         self.stopped_by: int | None = None  # the signal that ended the run
+        self.pending = pending if pending is not None else []  # signals noted before the run (hookql/cli.py)
         self.events = None  # runtime/events.py, once loaded
+        self._deltas = None  # --interval: what was already printed (IntervalReader)
+        self._intervals = 0
+        self._last_print = time.time()
         # a live view (the REPL) redraws its tables in place, unless events stream between them
         self.redraw = redraw and not layout["emits"] and opts.format == "text"
 
@@ -47,6 +58,8 @@ class Session:
         if any(p["attach"] == "tp" for p in self.layout["probes"]):
             features.ensure_tracefs()
         old = {s: _signal.signal(s, self._on_signal) for s in (_signal.SIGINT, _signal.SIGTERM)}
+        if self.pending and self.stopped_by is None:  # one came in before these handlers were in place
+            self.stopped_by = self.pending[0]
         child = None
         try:
             libbpf.keep_debug = self.opts.verbose
@@ -92,11 +105,12 @@ class Session:
         if self.layout["emits"]:
             from hookql.runtime.events import EventPrinter
 
-            self.events = EventPrinter(self.layout["emits"], self.opts.format, self.out)
+            self.events = EventPrinter(self.layout["emits"], self.opts.format, self.out, self.opts.emit_format)
             rb = libbpf.check_ptr(l.ring_buffer__new(obj.map_fd("hq_events"), self.events.sample_fn,
                                                      self.events.ctx, None), "ring_buffer__new")
         try:
             start = time.monotonic()
+            self._last_print = time.time()
             next_print = start + self.opts.every if self.opts.every else None
             while self.stopped_by is None:
                 now = time.monotonic()
@@ -129,7 +143,8 @@ class Session:
             from hookql.runtime.output import JsonPrinter, TextPrinter
 
             source = os.path.basename(self.layout["source"])
-            self._printer = (JsonPrinter if self.opts.format == "json" else TextPrinter)(self.out, source)
+            self._printer = (JsonPrinter if self.opts.format == "json" else TextPrinter)(self.out, source,
+                                                                                         top=self.opts.top)
         return self._printer
 
     def print_all(self, obj: BpfObject) -> dict[str, int]:
@@ -140,8 +155,17 @@ class Session:
         if self.redraw:
             self.printer.erase()
         reader = MapReader()
+        rows = reader.rows
+        if self.opts.interval:
+            if self._deltas is None:
+                self._deltas = IntervalReader(reader)
+            rows = self._deltas.rows
+            now = time.time()
+            self._intervals += 1
+            self.printer.interval(self._intervals, self._last_print, now)
+            self._last_print = now
         for agg in self.layout["aggregations"]:
-            self.printer.aggregation(agg, reader.rows(obj.map_fd(agg["map"]), agg))
+            self.printer.aggregation(agg, rows(obj.map_fd(agg["map"]), agg))
         stats = reader.stats(obj.map_fd("hq_stats"), self.layout["stats"])
         for p in self.layout["probes"]:
             if p["deny"]:
@@ -149,6 +173,8 @@ class Session:
                 self.printer.deny(p["text"], stats[f"probe{i}_denied"], stats[f"probe{i}_would_deny"],
                                   self.opts.enforce)
         self.printer.flush()
+        if self.events and (self.layout["aggregations"] or any(p["deny"] for p in self.layout["probes"])):
+            self.events.new_header()  # columns: the header again under the tables
         return stats
 
     def _final(self, obj: BpfObject) -> None:
@@ -167,6 +193,149 @@ class Session:
                         "a HookQL bug; please report it")
         for msg in lost:
             self.err.write(f"hookql: warning: {msg}\n")
+        if self.layout.get("states"):
+            self._state_report(obj, stats)
+
+    def _state_report(self, obj: BpfObject, stats: dict[str, int]) -> None:
+        """Each state map at exit: new keys stored, deleted, entries left (none when every clause that
+        stores has a clause that deletes), and evicted.  A state map is an LRU hash: the kernel does
+        not count what it evicts, so evicted = new keys stored - deleted - left at exit."""
+        from hookql.runtime.decode import MapReader
+        from hookql.runtime.escape import escape_text
+
+        reader = MapReader()
+        for st in self.layout["states"]:
+            stored, deleted, failed = (stats.get(f"{st['map']}_{k}", 0) for k in ("inserts", "deletes", "failed"))
+            left = reader.count_keys(obj.map_fd(st["map"]), st["key_size"])
+            evicted = max(0, stored - deleted - left)
+            name = escape_text(st["name"])
+            if self.opts.format == "json":
+                import json
+
+                self.out.write(json.dumps({"state": st["name"], "line": st["line"], "stored": stored,
+                                           "deleted": deleted, "entries": left, "evicted": evicted,
+                                           "failed": failed}) + "\n")
+                self.out.flush()
+            else:
+                self.err.write(f"hookql: state '{name}' (line {st['line']}): {stored} stored, {deleted} deleted, "
+                               f"{left} left at exit\n")
+            if evicted:
+                self.err.write(f"hookql: warning: {evicted} entries of state '{name}' (line {st['line']}) were "
+                               "evicted: the map was full (its least recently used entries made room); raise "
+                               "--map-size, or delete entries once read\n")
+            if failed:
+                self.err.write(f"hookql: warning: {failed} stores into state '{name}' (line {st['line']}) were "
+                               "refused by the kernel (out of memory for the map); raise --map-size\n")
+
+
+class IntervalReader:
+    """--interval: each aggregation's values since the last print.
+
+    Nothing is deleted from count, sum, avg and histogram maps: each print
+    reads the running totals and shows what they grew by since the previous
+    print (kept here, per key).  So no event is lost or counted twice: one that
+    lands while a map is being read shows in this interval or the next, and
+    the intervals always add up to the totals.  Keys whose value did not
+    change are left out.  The maps keep every key seen, as without
+    --interval: --map-size bounds them, and a full map is reported at exit.
+
+    min and max cannot be taken apart that way, so they are reset: a keyed
+    one's entries are read and removed in one step (the kernel's
+    lookup-and-delete); the unkeyed one's per-CPU slot is read, then written
+    back empty.  The window is there: a value a probe records between the
+    read and the reset on another CPU (for a keyed map, only a probe that had
+    already found the entry before it was removed) is in neither interval's
+    min/max.  Counts and histograms have no such window.
+    """
+
+    def __init__(self, reader):
+        self.reader = reader
+        self.l = reader.l
+        self.prev: dict[tuple[str, bytes], object] = {}
+        self._declare()
+
+    def _declare(self) -> None:
+        vp = ctypes.c_void_p
+        for fn in ("bpf_map_lookup_and_delete_elem", "bpf_map_update_elem", "bpf_map_delete_elem"):
+            f = getattr(self.l, fn)
+            f.restype = ctypes.c_int
+            f.argtypes = [ctypes.c_int, vp, vp] + ([ctypes.c_uint64] if fn == "bpf_map_update_elem" else [])
+
+    def rows(self, fd: int, agg: dict) -> list:
+        from hookql.runtime.decode import Row, decode_key
+
+        out = []
+        for raw_key, per_cpu in self._entries(fd, agg):
+            key = decode_key(raw_key, agg["by"]) if agg["by"] else {}
+            value = self._since_last(agg, raw_key, per_cpu)
+            if value is not None:
+                out.append(Row(key, value))
+        return out
+
+    def _entries(self, fd: int, agg: dict):
+        """(key bytes, per-CPU values) of every entry; min/max entries are taken out of the map as they are read."""
+        r = self.reader
+        vsize, reset = agg["value_size"], agg["func"] in ("min", "max")
+        if not agg["by"]:
+            key = ctypes.c_uint32(0)
+            vals = r.values(fd, ctypes.byref(key), vsize)
+            if vals is not None and reset:
+                stride = (vsize + 7) // 8 * 8
+                zero = ctypes.create_string_buffer(stride * r.ncpus)
+                libbpf.check_int(self.l.bpf_map_update_elem(fd, ctypes.byref(key), zero, 0), "bpf_map_update_elem")
+            return [(b"", vals)] if vals is not None else []
+        ksize = agg["key_size"]
+        keys, nxt, prev = [], ctypes.create_string_buffer(ksize), None
+        while self.l.bpf_map_get_next_key(fd, prev, nxt) == 0:  # all keys first: deleting while walking restarts
+            keys.append(nxt.raw)
+            prev = ctypes.create_string_buffer(nxt.raw, ksize)
+        out = []
+        for k in keys:
+            kb = ctypes.create_string_buffer(k, ksize)
+            vals = self._take(fd, kb, agg) if reset else r.values(fd, kb, vsize, agg["per_cpu"])
+            if vals is not None:
+                out.append((k, vals))
+        return out
+
+    def _take(self, fd: int, key, agg: dict):
+        """Read and remove one entry at once; where the kernel cannot (before 5.14), read it, then remove it."""
+        vsize = agg["value_size"]
+        stride = (vsize + 7) // 8 * 8
+        n = self.reader.ncpus if agg["per_cpu"] else 1
+        buf = ctypes.create_string_buffer(stride * n)
+        ret = self.l.bpf_map_lookup_and_delete_elem(fd, key, buf)
+        if ret < 0:
+            if -ret not in (errno.EINVAL, errno.EOPNOTSUPP, 524):  # 524: the kernel's ENOTSUPP
+                return None  # gone already
+            vals = self.reader.values(fd, key, vsize, agg["per_cpu"])
+            self.l.bpf_map_delete_elem(fd, key, None)
+            return vals
+        raw = buf.raw
+        return [raw[i * stride: i * stride + vsize] for i in range(n)]
+
+    def _since_last(self, agg: dict, raw_key: bytes, per_cpu: list[bytes]):
+        """This interval's value of one entry; None when nothing changed."""
+        from hookql.runtime.decode import combine
+
+        func = agg["func"]
+        if func in ("min", "max"):
+            return combine(func, per_cpu, True)  # None when no CPU saw a value
+        if func == "avg":
+            total = (sum(int.from_bytes(v[:8], "little", signed=True) for v in per_cpu),
+                     sum(int.from_bytes(v[8:16], "little") for v in per_cpu))
+        else:
+            total = combine(func, per_cpu, agg["value_signed"])
+        slot = (agg["map"], raw_key)
+        before = self.prev.get(slot)
+        self.prev[slot] = total
+        if isinstance(total, list):
+            delta = [a - b for a, b in zip(total, before)] if before else total
+            return delta if any(delta) else None
+        if isinstance(total, tuple):
+            s, c = (total[0] - before[0], total[1] - before[1]) if before else total
+            return int(s / c) if c else None  # integer mean, as decode.combine prints it
+        delta = total - (before or 0)
+        return delta or None
 
 
 def _alive(pid: int) -> bool:

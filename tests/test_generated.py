@@ -25,6 +25,8 @@ import traceback
 from functools import cache
 from pathlib import Path
 
+from hookql.fields import ARGS, CURRENT, shadowed_builtins
+
 HOOKS = ["syscalls:sys_enter_getsockopt", "syscalls:sys_enter_connect", "syscalls:sys_enter_kill",
          "syscalls:sys_exit_read", "sched:sched_process_exec", "sock:inet_sock_set_state",
          "tcp:tcp_retransmit_skb", "net:netif_receive_skb", "skb:kfree_skb"]
@@ -39,6 +41,8 @@ NETS = ["10.0.0.0/8", "192.168.0.0/16", "127.0.0.0/8", "0.0.0.0/0", "fe80::/10",
         "10.1.2.3/32", "2001:db8::/32"]
 INTS = [0, 1, 2, 3, 7, 10, 255, 256, 1000, 4444, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, -1,
         -2, -1000, -(2**31), -(2**63)]
+STATE_KEYS = [("pid", "one"), ("tid", "one"), ("comm", "one"), ("cpu", "one"), ("pid, comm", "two"),
+              ("uid, tid", "two")]
 KCONSTS = ["AF_INET", "AF_INET6", "EPERM", "IPPROTO_TCP", "SOCK_STREAM", "TCP_ESTABLISHED", "SO_RCVBUF"]
 
 
@@ -56,8 +60,12 @@ def hooks() -> dict[str, dict[str, tuple]]:
             h = cat.resolve("tracepoint", name.split(":"), kern)
         except Exception:
             continue
-        fields = {f.name: (f.ty.kind, f.ty.bits, f.ty.signed, f.ty.size) for f in h.fields.values()
-                  if f.ty.kind in ("int", "str", "addr")}
+        shape = lambda f: (f.ty.kind, f.ty.bits, f.ty.signed, f.ty.size)  # noqa: E731
+        fields = {f.name: shape(f) for f in h.fields.values() if f.ty.kind in ("int", "str", "addr")}
+        # the explicit spellings too: args.X for the hook's own field, current.X for the builtin
+        fields.update({f"{CURRENT if f.kind == 'builtin' else ARGS}.{f.name}": shape(f)
+                       for f in [*h.fields.values(), *shadowed_builtins(h.fields).values()]
+                       if f.ty.kind in ("int", "str", "addr")})
         if fields:
             out[name] = fields
     return out
@@ -97,6 +105,8 @@ class _Gen:
         self.pred_defs: list[tuple[str, int]] = []  # name, arity: int -> bool
         self.addr_defs: list[str] = []  # addr -> bool
         self.fields: dict[str, tuple] = {}
+        self.states: list[str] = []
+        self.ts_states: list[tuple[str, str]] = []
 
     # -- pieces --
     def string(self) -> str:
@@ -113,13 +123,88 @@ class _Gen:
         if k == 6:
             return hex(r.int(0, 2**32))
         if k == 7:
-            return r.choice(["1ms", "10s", "5us", "3ns", "2m", "1h"])
+            return r.choice(["0x10", "3", "1000000"])  # durations have their own expressions (dur_expr)
         if k == 8 and self.int_consts:
             return r.choice(self.int_consts)
         return r.choice(KCONSTS)
 
     def fields_of(self, kind: str) -> list[str]:
-        return [f for f, (k, *_) in self.fields.items() if k == kind]
+        # ts is a timestamp, not a plain integer: it appears in dur_expr
+        return [f for f, (k, *_) in self.fields.items() if k == kind and f != "ts"]
+
+    # -- time and state across probes --
+    def dur_lit(self) -> str:
+        return self.r.choice(["1ms", "10s", "5us", "3ns", "2m", "1h", "0ns", "250us"])
+
+    def dur_expr(self, depth: int = 1) -> str:
+        """A duration: a literal, ts - a stored timestamp, sums and scalings of those."""
+        r = self.r
+        k = r.int(0, 5)
+        if depth <= 0 or k == 0:
+            return self.dur_lit()
+        if k <= 2 and self.ts_states:
+            name, key = r.choice(self.ts_states)
+            return f"(ts - {name}[{key}])"
+        if k == 3:
+            return f"({self.dur_expr(depth - 1)} {r.choice(['+', '-'])} {self.dur_expr(depth - 1)})"
+        if k == 4:
+            return f"({self.dur_expr(depth - 1)} {r.choice(['*', '/'])} {r.int(1, 1000)})"
+        return "(ts - ts)"
+
+    def dur_cond(self) -> str:
+        r = self.r
+        if r.chance(0.2):
+            return f"ts {r.choice(CMP_OPS)} ts"
+        return f"{self.dur_expr()} {r.choice(CMP_OPS)} {r.choice([self.dur_lit(), self.dur_expr(), '0'])}"
+
+    def state_key(self) -> str:
+        return self.r.choice(STATE_KEYS)
+
+    def state_pair(self) -> list[str]:
+        """A clause storing into a state map and one reading it (with `in` guards, durations, hist of
+        durations, where on durations) and deleting, on this kernel's tracepoints."""
+        r = self.r
+        name = f"st{len(self.states)}"
+        key, kind = r.choice(STATE_KEYS)
+        self.states.append(name)
+        value = r.int(0, 3)
+        h1, h2 = r.choice(sorted(hooks())), r.choice(sorted(hooks()))
+        self.fields = hooks()[h1]
+        where = f" where {self.cond(1)}" if r.chance(0.5) else ""
+        if value == 0:
+            store, read = f"{name}[{key}] = ts", None
+        elif value == 1:
+            store, read = f"{name}[{key}] = {{comm, pid}}", r.choice([f"{name}[{key}].comm", f"{name}[{key}].pid"])
+        elif value == 2:
+            store, read = f"{name}[{key}] = {self.int_expr(1)}", f"{name}[{key}]"
+        else:
+            store, read = f"{name}[{key}] = comm", f"{name}[{key}]"
+        first = f"on tracepoint:{h1}{where} {{ {store}; {self.action()} }}"
+        self.fields = hooks()[h2]
+        if value == 0:
+            self.ts_states.append((name, key))
+        acts = []
+        guard = r.chance(0.6)
+        conds = [f"{key} in {name}"] if guard and kind == "one" else []
+        if value == 0 and r.chance(0.5):
+            conds.append(self.dur_cond())
+        if r.chance(0.3):
+            conds.append(self.cond(1))
+        if value == 0:
+            d = self.dur_expr()
+            acts.append(r.choice([f"hist({d})", f"avg({d}) by comm", f"lhist({d}, 0, 100ms, 10ms)", f"max({d})",
+                                  f"emit comm, {d}", f"sum({d}) by {self.key()}", "count"]))
+        else:
+            acts.append(r.choice([f"count by {read}", f"emit {read}, pid"]))
+        if r.chance(0.8):
+            acts.append(f"delete {name}[{key}]")
+        if r.chance(0.3):
+            acts.append(self.action())
+        where2 = f" where {' and '.join(conds)}" if conds else ""
+        second = f"on tracepoint:{h2}{where2} {{ {'; '.join(acts)} }}"
+        if value == 0:
+            self.ts_states.remove((name, key))
+        return [first, second]
 
     def int_expr(self, depth: int) -> str:
         r = self.r
@@ -271,6 +356,8 @@ class _Gen:
         self.preamble()
         for _ in range(self.r.int(1, 3)):
             self.lines.append(self.clause())
+        for _ in range(self.r.choice([0, 0, 1, 1, 2])):
+            self.lines += self.state_pair()
         return "\n".join(self.lines) + "\n"
 
 

@@ -35,11 +35,11 @@ def one_line_usage_error(r, option: str) -> str:
 
 
 # -- 1. Ctrl-C (and SIGTERM) at any moment --------------------------------------------------------
-BIN = [sys.executable, str(REPO / "bin" / "hookql")]  # this checkout's script, as pip installs it
+BIN = hookql_cmd()  # the installed command: bin/hookql, which execs `python3 -I -m hookql` (same process)
 
 
 def _handlers_in_place(pid: int) -> bool:
-    """bin/hookql's first act is to catch SIGTERM: from then on HookQL's code is running."""
+    """hookql/__main__.py's first act is to catch SIGTERM: from then on HookQL's code is running."""
     try:
         status = Path(f"/proc/{pid}/status").read_text()
     except OSError:

@@ -18,12 +18,16 @@ AGREE = [
     ["x.hq", "--format", "json", "-v"], ["--format=json", "--enforce", "-p", "42", "-c", "sleep 1", "x.hq"],
     ["--map-size", "8", "--ringbuf-size", "4096", "--every", "500ms", "-e", "s"], ["-d", "1", "-d", "2s", "f"],
     ["--map-size=268435456", "--ringbuf-size=2147483648", "-p", "4194304", "f"], ["-p1", "--map-size", "1", "f"],
+    ["--every", "1s", "--interval", "--top", "10", "f"], ["--top=3", "--emit-format", "columns", "-e", "s"],
+    ["--emit-format=kv", "--interval", "f"], ["--top", "268435456", "--format", "json", "f"],
 ]
 ARGPARSE_ONLY = [
     ["-h"], ["--help"], ["--dur", "1s"], ["-d", "soon"], ["--format", "xml"], ["-p", "x"], ["-vd", "1s"],
     ["-d=1s"], ["--enforce=1"], ["a", "b"], ["-e"], ["--", "x.hq"], ["-e", "-x"], ["--nope"],
     ["-p", "-5"], ["-p", "0"], ["-p", "4194305"], ["--map-size", "0"], ["--map-size", "268435457"],
     ["--ringbuf-size", "3"], ["--ringbuf-size", "12288"], ["--ringbuf-size", "4294967296"], ["--map-size=-1"],
+    ["--top", "0"], ["--top", "x"], ["--top", "268435457"], ["--top"], ["--interval=1"], ["--emit-format", "csv"],
+    ["--emit-format"], ["--inter"], ["--emit", "kv"],
 ]
 
 
@@ -41,7 +45,9 @@ def test_anything_else_is_left_to_argparse(argv):
 TOKENS = st.sampled_from(["-e", "-d", "-c", "-p", "-v", "--verbose", "--every", "--format", "--enforce", "--map-size",
                           "--ringbuf-size", "--duration", "x.hq", "-", "10s", "1.5", "ms", "json", "text", "7", "-1",
                           "--format=json", "-d2m", "--every=1h", "0x10", "--", "-x", "--dur", "0", "3", "4096",
-                          "12288", "268435457", "2147483648", "4294967296", "-5", "--map-size=0", "-p0"])
+                          "12288", "268435457", "2147483648", "4294967296", "-5", "--map-size=0", "-p0",
+                          "--interval", "--top", "--top=2", "--emit-format", "columns", "kv", "--emit-format=columns",
+                          "--top=0"])
 
 
 @given(st.lists(TOKENS, max_size=6))
@@ -69,6 +75,7 @@ def test_bad_durations(text):
 
 
 @pytest.mark.parametrize("argv", [["-p", "-5"], ["-p", "0"], ["--map-size", "0"], ["--ringbuf-size", "3"],
+                                  ["--top", "0"],
                                   ["--ringbuf-size", "4294967296"], ["--map-size", "268435457"]], ids=" ".join)
 def test_out_of_range_values_are_usage_errors(argv, capsys):
     with pytest.raises(SystemExit) as exc:
