@@ -94,6 +94,28 @@ def linked_programs() -> set[int]:
     return out
 
 
+def held_links(pid: int) -> set[int]:
+    """Programs on the BPF links process `pid` holds (libbpf's tracepoints, kprobes, LSM, fentry), read from
+    /proc/PID/fdinfo: only this process's, where linked_programs() sees every link on the host -- another
+    tool loading at the same moment would pass for the one being timed."""
+    out = set()
+    try:
+        fds = os.listdir(f"/proc/{pid}/fd")
+    except OSError:
+        return out
+    for fd in fds:
+        try:
+            if os.readlink(f"/proc/{pid}/fd/{fd}") != "anon_inode:bpf_link":
+                continue
+            with open(f"/proc/{pid}/fdinfo/{fd}") as f:
+                for line in f:
+                    if line.startswith("prog_id:"):
+                        out.add(int(line.split()[1]))
+        except (OSError, ValueError):
+            continue  # closed since it was listed
+    return out
+
+
 def perf_programs(pid: int) -> set[int]:
     """Programs process `pid` set on perf events or raw tracepoints it holds (how bpftrace 0.17
     attaches tracepoints and kprobes, with no link)."""
@@ -115,4 +137,4 @@ def attached(pid: int, before: set[int]) -> set[int]:
     """The programs loaded since `before` (a progs() snapshot) that are attached: the tool's
     probes that fire, however it attached them."""
     new = set(progs()) - before
-    return new & (linked_programs() | perf_programs(pid))
+    return new & (held_links(pid) | perf_programs(pid))

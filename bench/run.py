@@ -1,12 +1,13 @@
 #!/usr/bin/env python3
 """HookQL vs bpftrace vs hand-written libbpf C, side by side, in one run.
 
-    sudo python3 bench/run.py [--n 2000000] [--rounds 5] [--out bench/results]
+    sudo python3 bench/run.py [--n 2000000] [--rounds 5] [--out bench/results] [--cost-only latency,hist]
 
 Measures, for the same work in each tool (medians of --rounds):
   cost      in-kernel ns/event from the kernel's bpf_stats (run_time_ns / run_cnt; on while this
             process holds a BPF_ENABLE_STATS fd: the global sysctl is left alone)
-            while bench/workload makes N getsockopt calls; xlated/jited sizes
+            while bench/workload makes N getsockopt calls; xlated/jited sizes. `latency` (enter -> exit
+            per thread, two programs) sums both programs' run time over both programs' events
   growth    the same for `count by level` with 1, 1k and 100k distinct keys
   startup   invocation -> every probe attached (its program on a BPF link, or on a perf event
             the tool holds), cold and warm cache, 1 and 20 probes; beside it `python -c pass`
@@ -40,6 +41,7 @@ from progs import attached, enable_stats, progs
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
 TP = "tracepoint:syscalls:sys_enter_getsockopt"
+TP_EXIT = "tracepoint:syscalls:sys_exit_getsockopt"
 TOOLS = ("hookql", "bpftrace", "handwritten")
 
 # The same work in each tool.
@@ -51,6 +53,13 @@ SCRIPTS = {
                    "handwritten": "filter_sum"},
     "hist": {"hookql": f"on {TP} {{ hist(optname) }}", "bpftrace": f"{TP} {{ @ = hist(args->optname); }}",
              "handwritten": "hist"},
+    # enter -> exit of each of the workload's calls, per thread: two programs per tool, whose run
+    # times are summed over both programs' events
+    "latency": {"hookql": f'on {TP} where comm == "hqbench" {{ start[tid] = ts }}\n'
+                         f"on {TP_EXIT} where tid in start {{ hist(ts - start[tid]); delete start[tid] }}",
+                "bpftrace": f'{TP} /comm == "hqbench"/ {{ @start[tid] = nsecs; }}\n'
+                            f"{TP_EXIT} /@start[tid]/ {{ @ns = hist(nsecs - @start[tid]); delete(@start[tid]); }}",
+                "handwritten": "latency", "programs": 2},
 }
 GROWTH = {"hookql": f"on {TP} {{ count by level }}", "bpftrace": f"{TP} {{ @[args->level] = count(); }}",
           "handwritten": "count_by_level"}
@@ -173,10 +182,10 @@ def workload(n: int, keys: int = 1, rate: float = 0) -> float:
     return float(out.stdout.strip())
 
 
-def run_cost(tool: str, script: str, n: int, keys: int = 1, map_size: int | None = None) -> dict:
+def run_cost(tool: str, script: str, n: int, keys: int = 1, map_size: int | None = None, programs: int = 1) -> dict:
     t = Tool(tool, script, map_size=map_size)
     try:
-        t.wait_live()
+        t.wait_live(expected=programs)
         rt0, cnt0 = stats(t.ids)
         per_call = workload(n, keys)
         rt1, cnt1 = stats(t.ids)
@@ -292,7 +301,13 @@ def main() -> int:
     ap.add_argument("--catalog", action="store_true",
                     help="also startup and RSS with 1, 20 and all catalog hooks (kprobes, LSM) on 6.1 in the VM "
                          "(bench/catalog_growth.py; minutes of emulation)")
+    ap.add_argument("--cost-only", metavar="SCRIPTS",
+                    help="measure only the in-kernel cost of these scripts (comma-separated: "
+                         f"{','.join(SCRIPTS)}), nothing else")
     args = ap.parse_args()
+    only = set(args.cost_only.split(",")) if args.cost_only else set(SCRIPTS)
+    if only - set(SCRIPTS):
+        sys.exit(f"--cost-only: no script {', '.join(sorted(only - set(SCRIPTS)))} (there are {', '.join(SCRIPTS)})")
     if os.geteuid() != 0:
         sys.exit("bench/run.py loads BPF programs: run it as root")
     if not shutil.which("bpftrace"):
@@ -305,31 +320,35 @@ def main() -> int:
                  "cost": {}, "growth": {}, "startup": {}, "streaming": {}, "memory": {}}
     try:
         for name, per_tool in SCRIPTS.items():
-            rounds = interleaved(args.rounds, lambda tool: run_cost(tool, per_tool[tool], args.n))
+            if name not in only:
+                continue
+            rounds = interleaved(args.rounds, lambda tool: run_cost(tool, per_tool[tool], args.n,
+                                                                    programs=per_tool.get("programs", 1)))
             res["cost"][name] = {tool: {k: median([r[k] for r in rs]) for k in rs[0]} for tool, rs in rounds.items()}
-        for keys in (int(k) for k in args.keys.split(",")):
-            rounds = interleaved(args.rounds, lambda tool: run_cost(tool, GROWTH[tool], args.n, keys, GROWTH_MAP))
-            res["growth"][str(keys)] = {tool: median([r["ns_per_event"] for r in rs]) for tool, rs in rounds.items()}
-        warm_cache, cold_cache = tempfile.mkdtemp(prefix="hqbench-warm-"), tempfile.mkdtemp(prefix="hqbench-cold-")
-        try:
-            for probes in (1, 20):
-                for cache in (warm_cache, cold_cache):  # the warm one keeps this; the cold one keeps the templates
-                    run_startup("hookql", _many("hookql", probes), probes, cache)
-                rounds = [startup_round(probes, warm_cache, cold_cache) for _ in range(args.rounds)]
-                res["startup"][f"{probes}"] = {k: median([r[k] for r in rounds]) for k in rounds[0]}
-        finally:
-            shutil.rmtree(warm_cache, ignore_errors=True)
-            shutil.rmtree(cold_cache, ignore_errors=True)
-        for tool in TOOLS:
-            res["streaming"][tool] = run_stream(tool, STREAM[tool], min(args.n, 500_000))
-        rates = [int(r) for r in args.rates.split(",")]
-        res["stream_rates"] = {tool: stream_sweep(tool, rates, args.rate_seconds) for tool in TOOLS}
-        for tool in TOOLS:
-            res["memory"][tool] = res["cost"]["count_by_comm"][tool]["rss_kb"]
-        if args.catalog:
-            import catalog_growth
+        if not args.cost_only:  # --cost-only: the in-kernel cost of some scripts, nothing else
+            for keys in (int(k) for k in args.keys.split(",")):
+                rounds = interleaved(args.rounds, lambda tool: run_cost(tool, GROWTH[tool], args.n, keys, GROWTH_MAP))
+                res["growth"][str(keys)] = {tool: median([r["ns_per_event"] for r in rs]) for tool, rs in rounds.items()}
+            warm_cache, cold_cache = tempfile.mkdtemp(prefix="hqbench-warm-"), tempfile.mkdtemp(prefix="hqbench-cold-")
+            try:
+                for probes in (1, 20):
+                    for cache in (warm_cache, cold_cache):  # the warm one keeps this; the cold one keeps the templates
+                        run_startup("hookql", _many("hookql", probes), probes, cache)
+                    rounds = [startup_round(probes, warm_cache, cold_cache) for _ in range(args.rounds)]
+                    res["startup"][f"{probes}"] = {k: median([r[k] for r in rounds]) for k in rounds[0]}
+            finally:
+                shutil.rmtree(warm_cache, ignore_errors=True)
+                shutil.rmtree(cold_cache, ignore_errors=True)
+            for tool in TOOLS:
+                res["streaming"][tool] = run_stream(tool, STREAM[tool], min(args.n, 500_000))
+            rates = [int(r) for r in args.rates.split(",")]
+            res["stream_rates"] = {tool: stream_sweep(tool, rates, args.rate_seconds) for tool in TOOLS}
+            for tool in TOOLS:
+                res["memory"][tool] = res["cost"]["count_by_comm"][tool]["rss_kb"]
+            if args.catalog:
+                import catalog_growth
 
-            res["catalog_growth"] = catalog_growth.measure(args.rounds)
+                res["catalog_growth"] = catalog_growth.measure(args.rounds)
     finally:
         os.close(stats_fd)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -378,20 +397,23 @@ def render_table(res: dict) -> str:
     lines += ["", "| program size (xlated / jited bytes) | HookQL | bpftrace | hand-written C |", "|---|---|---|---|"]
     for name, r in res["cost"].items():
         lines.append(f"| {name} | " + " | ".join(f"{r[t]['xlated']:.0f} / {r[t]['jited']:.0f}" for t in TOOLS) + " |")
-    lines += ["", "| count by level, distinct keys (ns/event) | HookQL | bpftrace | hand-written C | HookQL/C |",
-              "|---|---|---|---|---|"]
+    if res["growth"]:
+        lines += ["", "| count by level, distinct keys (ns/event) | HookQL | bpftrace | hand-written C | HookQL/C |",
+                  "|---|---|---|---|---|"]
     for keys, r in res["growth"].items():
         h, b, c = (r[t] for t in TOOLS)
         lines.append(f"| {keys} | {h:.1f} | {b:.1f} | {c:.1f} | {_ratio(h, c)} |")
-    lines += ["", "| startup to attached (ms) | HookQL cold | HookQL warm | bpftrace | warm/bpftrace | cold/bpftrace "
-                  "| venv `python -c pass` |", "|---|---|---|---|---|---|---|"]
+    if res["startup"]:
+        lines += ["", "| startup to attached (ms) | HookQL cold | HookQL warm | bpftrace | warm/bpftrace | cold/bpftrace "
+                      "| venv `python -c pass` |", "|---|---|---|---|---|---|---|"]
     for probes, r in res["startup"].items():
         ms = {k: f"{v * 1000:.1f}" for k, v in r.items()}
         lines.append(f"| {probes} probe{'s' * (probes != '1')} | {ms['hookql_cold']} | {ms['hookql_warm']} | "
                      f"{ms['bpftrace']} | {_ratio(r['hookql_warm'], r['bpftrace'])} | "
                      f"{_ratio(r['hookql_cold'], r['bpftrace'])} | {ms['python']} |")
-    lines += ["", "| streaming (one event per call) | fired | delivered | lost | lost as reported by the tool |",
-              "|---|---|---|---|---|"]
+    if res["streaming"]:
+        lines += ["", "| streaming (one event per call) | fired | delivered | lost | lost as reported by the tool |",
+                  "|---|---|---|---|---|"]
     for tool, r in res["streaming"].items():
         lines.append(f"| {tool} | {r['fired']} | {r['delivered']} | {r['lost']} | {r['reported_lost']} |")
     rates = res.get("stream_rates", {})
@@ -404,10 +426,11 @@ def render_table(res: dict) -> str:
             clean = max((r[k]["reached"] or 0 for k in keys if not r[k]["lost"]), default=0)
             lines.append(f"| {tool} | " + " | ".join(str(r[k]["lost"]) for k in keys) +
                          f" | {first + '/s' if first else 'no drops'} | {clean / 1e3:.0f}k/s |")
-    lines += ["", "| peak RSS (MiB) | HookQL | bpftrace | hand-written C | HookQL/bpftrace |", "|---|---|---|---|---|"]
     mem = res["memory"]
-    lines.append("| count_by_comm | " + " | ".join(f"{mem[t] / 1024:.1f}" for t in TOOLS) +
-                 f" | {_ratio(mem['hookql'], mem['bpftrace'])} |")
+    if mem:
+        lines += ["", "| peak RSS (MiB) | HookQL | bpftrace | hand-written C | HookQL/bpftrace |", "|---|---|---|---|---|"]
+        lines.append("| count_by_comm | " + " | ".join(f"{mem[t] / 1024:.1f}" for t in TOOLS) +
+                     f" | {_ratio(mem['hookql'], mem['bpftrace'])} |")
     if res.get("catalog_growth"):
         import catalog_growth
 

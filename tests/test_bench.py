@@ -31,6 +31,26 @@ def test_benchmark_runs_end_to_end(tmp_path):
         assert res["memory"][tool] > 0
     assert (tmp_path / "results.png").stat().st_size > 1000
     assert "| count_by_comm |" in r.stdout and "HookQL/C" in r.stdout
+    # latency: enter -> exit per thread, two programs per tool, both counted (N enters, N exits)
+    for tool in ("hookql", "bpftrace", "handwritten"):
+        cost = res["cost"]["latency"][tool]
+        assert cost["events"] >= 2 * 3000 and cost["ns_per_event"] > 0 and cost["xlated"] > 0
+    assert "| latency |" in r.stdout
+
+
+@pytest.mark.skipif(not shutil.which("bpftrace"), reason="bpftrace is not installed (bin/setup installs it)")
+def test_cost_only_runs_just_the_named_scripts(tmp_path):
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--n", "2000", "--rounds", "1",
+                        "--cost-only", "latency", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "results.json").read_text())
+    assert set(res["cost"]) == {"latency"} and not res["growth"] and not res["startup"]
+    for tool in ("hookql", "bpftrace", "handwritten"):
+        assert res["cost"]["latency"][tool]["events"] >= 2 * 2000 and res["cost"]["latency"][tool]["ns_per_event"] > 0
+    assert "| latency |" in r.stdout and "startup" not in r.stdout
+    bad = subprocess.run([sys.executable, str(REPO / "bench" / "run.py"), "--cost-only", "latncy"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode != 0 and "no script latncy" in bad.stderr
 
 
 def test_catalog_growth_scripts_check_on_6_1():
