@@ -365,9 +365,11 @@ class Program:
     zero_size: int
     lines: dict[str, str] = field(default_factory=dict)  # script line -> its text, for the verifier's log
     states: list[StateMapIR] = field(default_factory=list)
+    kstack_stat: int = -1  # kstack used: the counter of stacks the kernel could not take (hq_stacks); else -1
 
     def layout(self) -> dict:
         return {"source": self.source_name, "lines": self.lines, "states": [st.layout() for st in self.states],
+                "kstack": self.kstack_stat >= 0,
                 "aggregations": [a.layout() for a in self.aggregations],
                 "emits": [e.layout() for e in self.emits], "stats": self.stats,
                 "probes": [{"index": p.index, "text": p.text, "func": p.func, "attach": p.attach,
@@ -498,7 +500,11 @@ class _ProbeLowering:
 
     def field(self, f: Field, span) -> Local:
         if f.kind == "builtin":
-            return self.local(("builtin", f.name), f.ty, f.name)
+            if f.name == "kstack" and self.prog.kstack_stat < 0:  # one stack map for the program
+                self.prog.kstack_stat = len(self.prog.stats)
+                self.prog.stats.append("kstack_failed")
+            return self.local(("builtin", f.name), f.ty, f.name,
+                              **({"stat": self.prog.kstack_stat} if f.name == "kstack" else {}))
         if f.kind == "arg":
             name = f.name
             if name not in self.params:
@@ -753,7 +759,7 @@ class _ProbeLowering:
             elif t.kind == "addr":
                 slots.append(Slot(name, f"{prefix}{i}", "addr", 16, 0, local=self.value_local(k)))
             else:
-                size = 8 if t.kind == "ptr" else max(1, min(t.bits, 64) // 8) if t.kind == "int" else 1
+                size = 8 if t.kind in ("ptr", "kstack") else max(1, min(t.bits, 64) // 8) if t.kind == "int" else 1
                 size = size if size in (1, 2, 4, 8) else 8
                 display = T.HEX if t.kind == "ptr" else t.display
                 slots.append(Slot(name, f"{prefix}{i}", "int", size, 0, t.signed, display, expr=self.expr(k)))

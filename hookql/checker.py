@@ -820,7 +820,11 @@ class _ClauseChecker:
         return False
 
     def scalar(self, e: n.Expr, where: str) -> None:
-        t = self.expr(e)
+        self.kstack_key = e if where == "by" else None  # kstack: a `by` key, as itself, and nothing else
+        try:
+            t = self.expr(e)
+        finally:
+            self.kstack_key = None
         if t is None or self.value_not_constant(e, t, "`by`" if where == "by" else "emit"):
             return
         if t.kind in ("struct", "opaque"):
@@ -980,7 +984,7 @@ class _ClauseChecker:
                                    f"write {F.ARGS}.{e.id} for the field, {F.CURRENT}.{e.id} for the builtin; "
                                    "either spelling silences this warning")
             e.symbol = f
-            return f.ty
+            return f.ty if f.ty.kind != "kstack" or self.kstack_ok(e) else None
         sym = self.consts.get(e.id, e.span)
         if sym is not None:
             e.symbol = sym
@@ -1037,7 +1041,22 @@ class _ClauseChecker:
                 return None
         e.__class__ = n.Name  # from here on (codegen too) it is the field it names, as a bare name would be
         e.id, e.symbol = e.name, f
-        return f.ty
+        return f.ty if f.ty.kind != "kstack" or self.kstack_ok(e) else None
+
+    def kstack_ok(self, e: n.Name) -> bool:
+        """kstack (the event's kernel stack) is a `by` key of an aggregation, written as itself, on a hook whose
+        programs can take a stack; anywhere else an error."""
+        h = self.hook
+        if e is not getattr(self, "kstack_key", None):
+            self.diags.error(e.span, "kstack is a kernel stack: it can only be a `by` key of an aggregation",
+                             "write e.g. `count by kstack` (or `count by reason, kstack`); a stack cannot be "
+                             "compared, computed with, stored, aggregated or emitted")
+            return False
+        if h.provider not in F.STACK_PROVIDERS:
+            self.diags.error(e.span, f"{h.probe} cannot take a kernel stack",
+                             f"kstack is available on {', '.join(sorted(F.STACK_PROVIDERS))} probes")
+            return False
+        return True
 
     def unknown_name(self, e: n.Name) -> None:
         h = self.hook

@@ -22,6 +22,15 @@ class Field:
     offset: int | None = None  # tp: byte offset in the tracepoint record
 
 
+# The kernel stack of an event: only ever a `by` key.  The key holds the stack's id in a
+# BPF_MAP_TYPE_STACK_TRACE map (or, when the kernel could not take it, -errno); the runtime prints the
+# frames symbolised (runtime/ksyms.py).  Not an integer: it cannot be compared, computed with or stored.
+KSTACK = Type("kstack", bits=64, signed=True, display="kstack", cname="kernel stack")
+# Providers whose programs may call bpf_get_stackid: kprobe/kretprobe (also fentry/fexit), tracepoint
+# (also raw), and LSM (a tracing program).  Every provider HookQL has, today; a new one (XDP, tc, cgroup
+# hooks: no kernel stack to speak of) must be added here explicitly.
+STACK_PROVIDERS = {"kprobe", "kretprobe", "tracepoint", "lsm"}
+
 BUILTINS: dict[str, Field] = {
     f.name: f for f in (
         Field("comm", T.string(16), "builtin", "name of the current task (bpf_get_current_comm)"),
@@ -32,6 +41,8 @@ BUILTINS: dict[str, Field] = {
         Field("cpu", T.INT(32), "builtin", "CPU the probe runs on"),
         Field("cgroup", T.INT(64), "builtin", "cgroup v2 id of the current task"),
         Field("ts", T.TIMESTAMP, "builtin", "monotonic time in nanoseconds (bpf_ktime_get_ns); ts - ts is a duration"),
+        Field("kstack", KSTACK, "builtin", "kernel stack of the event (bpf_get_stackid): a `by` key only, printed "
+              "symbolised from /proc/kallsyms"),
     )
 }
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import ctypes
 import errno as _errno
 import ipaddress
+import itertools
 from dataclasses import dataclass
 
 from hookql.constants import ADDRESS_FAMILIES
@@ -134,6 +135,31 @@ class MapReader:
             if vals is not None:
                 out.append(Row(decode_key(cur.raw, agg["by"]), combine(func, vals, agg["value_signed"])))
         return out
+
+    STACK_DEPTH = 127  # the stack map's value: this many addresses, unused ones 0 (codegen/templates/maps.c.j2)
+
+    def stacks(self, fd: int, agg: dict, rows: list[Row], ksyms) -> None:
+        """Replace each kstack key (a stack id, or -errno) of `rows` by its symbolised KStack (runtime/ksyms.py).
+        Ids are looked up once per print; the kernel never removes a stack from the map."""
+        from hookql.runtime.ksyms import KStack, stack_error
+
+        names = [f["name"] for f in agg["by"] if f["display"] == "kstack"]
+        seen: dict[int, KStack] = {}
+        for row in rows:
+            for name in names:
+                sid = row.key[name]
+                if sid not in seen:
+                    seen[sid] = KStack(sid, error=stack_error(-sid)) if sid < 0 else self._stack(fd, sid, ksyms)
+                row.key[name] = seen[sid]
+
+    def _stack(self, fd: int, sid: int, ksyms):
+        from hookql.runtime.ksyms import KStack
+
+        key = ctypes.c_uint32(sid)
+        buf = (ctypes.c_uint64 * self.STACK_DEPTH)()
+        if self.l.bpf_map_lookup_elem(fd, ctypes.byref(key), buf) < 0:
+            return KStack(sid, error="ENOENT (not in the stack map)")
+        return ksyms.stack(sid, list(itertools.takewhile(bool, buf)))  # frames end at the first 0
 
     def count_keys(self, fd: int, key_size: int) -> int:
         """How many entries a hash map holds now (a state map's leftovers at exit)."""

@@ -119,6 +119,10 @@ class TextPrinter:
             return
         rows, omitted = top_rows(rows, self.top if agg["by"] else None)
         more = f"  ... and {omitted} more\n" if omitted else ""
+        if any(f["display"] == "kstack" for f in agg["by"]):
+            self.stack_rows(agg, rows)
+            self.out.write(more)
+            return
         if agg["func"] in ("hist", "lhist"):
             for row in rows:
                 if agg["by"]:
@@ -135,6 +139,25 @@ class TextPrinter:
         for cells in body:
             self.out.write(fmt(cells).rstrip() + "\n")
         self.out.write(more)
+
+    def stack_rows(self, agg: dict, rows: list[Row]) -> None:
+        """Rows keyed by a kernel stack, as bpftrace prints @[kstack]: the other keys and the value on one line,
+        then each stack one frame a line, indented; every frame escaped (kallsyms is kernel text)."""
+        for row in rows:
+            cells = [f"{escape_text(f['name'])}={t}" for f, t in zip(agg["by"], _key_text(agg, row.key))
+                     if f["display"] != "kstack"]
+            if agg["func"] not in ("hist", "lhist"):
+                cells.append(f"{escape_text(agg['func'])}={_value_text(agg, row.value)}")
+            self.out.write("  " + "  ".join(cells) + "\n" if cells else "")
+            for f in agg["by"]:
+                if f["display"] == "kstack":
+                    st = row.key[f["name"]]
+                    lines = st.lines() if hasattr(st, "lines") else [str(st)]
+                    self.out.write(f"  {escape_text(f['name'])}:\n" if len(agg["by"]) > 1 else "")
+                    self.out.write("".join(f"        {escape_text(fr)}\n" for fr in lines))
+            if agg["func"] in ("hist", "lhist"):
+                self.histogram(agg, row.value)
+            self.out.write("\n")
 
     def histogram(self, agg: dict, counts: list[int]) -> None:
         bounds = bucket_bounds(agg)
@@ -178,7 +201,8 @@ class JsonPrinter:
         out_rows = []
         shown, omitted = top_rows(rows, self.top if agg["by"] else None)
         for r in shown:
-            key = {f["name"]: _jsonable(display(r.key[f["name"]], f["display"])) for f in agg["by"]}
+            key = {f["name"]: (_stack_json(r.key[f["name"]]) if f["display"] == "kstack" else
+                               _jsonable(display(r.key[f["name"]], f["display"]))) for f in agg["by"]}
             if agg["func"] in ("hist", "lhist"):
                 value = [{"min": lo, "max": hi, "count": c}
                          for (lo, hi), c in zip(bucket_bounds(agg), r.value) if c]
@@ -196,6 +220,11 @@ class JsonPrinter:
 
     def flush(self) -> None:
         self.out.flush()
+
+
+def _stack_json(v):
+    """A kernel stack in JSON: its frames, innermost first; null when the kernel could not take it."""
+    return v.json() if hasattr(v, "json") else v
 
 
 def _jsonable(v):

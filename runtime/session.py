@@ -147,6 +147,15 @@ class Session:
                                                                                          top=self.opts.top)
         return self._printer
 
+    @property
+    def ksyms(self):
+        """/proc/kallsyms, read once per run, the first time a kernel stack prints."""
+        if getattr(self, "_ksyms", None) is None:
+            from hookql.runtime.ksyms import KSyms
+
+            self._ksyms = KSyms()
+        return self._ksyms
+
     def print_all(self, obj: BpfObject) -> dict[str, int]:
         from hookql.runtime.decode import MapReader
 
@@ -165,7 +174,10 @@ class Session:
             self.printer.interval(self._intervals, self._last_print, now)
             self._last_print = now
         for agg in self.layout["aggregations"]:
-            self.printer.aggregation(agg, rows(obj.map_fd(agg["map"]), agg))
+            got = rows(obj.map_fd(agg["map"]), agg)
+            if any(f["display"] == "kstack" for f in agg["by"]):
+                reader.stacks(obj.map_fd("hq_stacks"), agg, got, self.ksyms)
+            self.printer.aggregation(agg, got)
         stats = reader.stats(obj.map_fd("hq_stats"), self.layout["stats"])
         for p in self.layout["probes"]:
             if p["deny"]:
@@ -188,6 +200,11 @@ class Session:
             if n:
                 lost.append(f"{n} events not counted in `{agg['text']}` (line {agg['line']}): its map is full; "
                             "raise --map-size")
+        if stats.get("kstack_failed"):
+            lost.append(f"{stats['kstack_failed']} events had no kernel stack (counted under `[no stack: ...]`): "
+                        "the stack map was full (raise --map-size) or its hash bucket held another stack")
+        if self.layout.get("kstack") and self.ksyms.note:
+            lost.append(self.ksyms.note)
         if self.events and self.events.bad:
             lost.append(f"{self.events.bad} emitted events could not be decoded (unknown record or too short): "
                         "a HookQL bug; please report it")

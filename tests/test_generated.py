@@ -193,7 +193,7 @@ class _Gen:
         if value == 0:
             d = self.dur_expr()
             acts.append(r.choice([f"hist({d})", f"avg({d}) by comm", f"lhist({d}, 0, 100ms, 10ms)", f"max({d})",
-                                  f"emit comm, {d}", f"sum({d}) by {self.key()}", "count"]))
+                                  f"emit comm, {d}", f"sum({d}) by {self.by_key()}", "count"]))
         else:
             acts.append(r.choice([f"count by {read}", f"emit {read}, pid"]))
         if r.chance(0.8):
@@ -299,8 +299,15 @@ class _Gen:
         else:
             text = f"{f}({self.int_expr(r.int(0, 3))})"
         if r.chance(0.5):
-            text += " by " + ", ".join(self.key() for _ in range(r.int(1, 3)))
+            text += " by " + ", ".join(self.by_key() for _ in range(r.int(1, 3)))
         return text
+
+    def by_key(self) -> str:
+        """A `by` key: a key, or the event's kernel stack (kstack, current.kstack: a by key only)."""
+        r = self.r
+        if r.chance(0.12):
+            return r.choice(["kstack", "kstack", "current.kstack"])
+        return self.key()
 
     # -- items --
     def preamble(self) -> None:
