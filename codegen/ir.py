@@ -697,9 +697,8 @@ class _ProbeLowering:
     def membership(self, left: n.Expr, right: n.Expr) -> Expr:
         left, right = _unwrap(left), _unwrap(right)
         if isinstance(right, n.Name) and isinstance(right.symbol, StateMap):
-            ir = self.prog.state_of[right.id]
-            keys = self.state_slots(ir, [left])
-            return Ref(self.local(("state_has", ir.index, _shape(left)), T.BOOL, "state_has", st=ir, keys=keys))
+            ptr = self.state_ptr(self.prog.state_of[right.id], [left])
+            return Ref(self.local(("state_has", ptr.name), T.BOOL, "state_has", deps=[ptr], src=ptr))
         val = _const_value(right)
         if _is_const(left) or isinstance(left, n.IntLit):  # "a" in {"a", "b"}: known now
             return Lit(int(_const_in(_const_value(left), val)))
@@ -734,18 +733,25 @@ class _ProbeLowering:
     def state_slots(self, ir: StateMapIR, keys: list[n.Expr]) -> list[Slot]:
         return self.fill_slots(ir.keys, keys)
 
+    def state_ptr(self, ir: StateMapIR, keys: list[n.Expr]) -> Local:
+        """The map's value for these keys (a pointer, NULL when absent): looked up once per clause and
+        key, whether `k in m` (in the where) or `m[k]` (anywhere) asks, as hand-written C would."""
+        shape = tuple(_shape(_unwrap(k)) for k in keys)
+        known = self.locals.get(("state_ptr", ir.index, shape))
+        if known is not None:
+            return known
+        return self.local(("state_ptr", ir.index, shape), T.Type("ptr"), "state_ptr", st=ir,
+                          keys=self.state_slots(ir, keys))
+
     def state_field(self, e: n.Index, name: str) -> Local:
-        """A value read from a state map: looked up once per clause and key; a key the map does not
-        hold ends the probe there (the clause does not fire)."""
+        """A value read from a state map; a key the map does not hold ends the probe there (the clause
+        does not fire)."""
         ir = self.prog.state_of[e.name]
-        shape = tuple(_shape(_unwrap(k)) for k in e.keys)
-        look = self.locals.get(("state_lookup", ir.index, shape))
-        if look is None:
-            keys = self.state_slots(ir, e.keys)
-            look = self.local(("state_lookup", ir.index, shape), T.Type("ptr"), "state_lookup", st=ir, keys=keys)
+        ptr = self.state_ptr(ir, e.keys)
+        need = self.local(("state_need", ptr.name), T.Type("ptr"), "state_need", deps=[ptr], src=ptr)
         slot = next(s for s in ir.values if s.c_name == "v" and name == "v" or s.name == name and ir.record)
         ty = _slot_type(slot)
-        return self.local(("state_field", look.name, slot.c_name), ty, "state_field", deps=[look], src=look,
+        return self.local(("state_field", ptr.name, slot.c_name), ty, "state_field", deps=[need], src=ptr,
                           slot=slot)
 
     # -- actions --
@@ -957,7 +963,7 @@ def _place_large(p: Probe) -> None:
     items += [(a.key_size, a) for a in p.actions if isinstance(a, Aggregation) and a.keyed]
     total = sum(size for size, _ in items) + 16 * sum(1 for l in p.pre + p.post if l.ty.kind == "addr")
     # state keys and values stay on the stack: what else fits is what is left
-    total += sum(l.args["st"].key_size for l in p.pre + p.post if l.how in ("state_lookup", "state_has"))
+    total += sum(l.args["st"].key_size for l in p.pre + p.post if l.how == "state_ptr")
     total += max([a.map.key_size + (a.map.value_size if a.kind == "store" else 0)
                   for a in p.actions if isinstance(a, (StateStore, StateDelete))] or [0])
     for size, x in sorted(items, key=lambda t: -t[0]):
