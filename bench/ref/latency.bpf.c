@@ -37,22 +37,14 @@ int latency_enter(struct trace_event_raw_sys_enter *ctx)
 SEC("tp/syscalls/sys_exit_getsockopt")
 int latency_exit(struct trace_event_raw_sys_exit *ctx)
 {
-	__u32 tid = (__u32)bpf_get_current_pid_tgid(), r, s, slot;
-	__u64 *t0 = bpf_map_lookup_elem(&start, &tid), x, v, *n;
+	__u32 tid = (__u32)bpf_get_current_pid_tgid(), slot;
+	__u64 *t0 = bpf_map_lookup_elem(&start, &tid), x, *n;
 
 	if (!t0)
 		return 0;
 	x = bpf_ktime_get_ns() - *t0;
 	bpf_map_delete_elem(&start, &tid);
-	/* branchless log2: BPF has no count-leading-zeros instruction */
-	v = x;
-	r = (v > 0xFFFFFFFFULL) << 5; v >>= r;
-	s = (v > 0xFFFF) << 4; v >>= s; r |= s;
-	s = (v > 0xFF) << 3; v >>= s; r |= s;
-	s = (v > 0xF) << 2; v >>= s; r |= s;
-	s = (v > 0x3) << 1; v >>= s; r |= s;
-	r |= (v >> 1);
-	slot = x ? 2 + r : 1;
+	slot = log2_slot(x);
 	n = bpf_map_lookup_elem(&slots, &slot);
 	if (n)
 		*n += 1;
