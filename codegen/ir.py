@@ -514,8 +514,13 @@ class _ProbeLowering:
         if f.kind == "retval":
             return self.local(("param", "ret"), f.ty, "param", param="ret")
         if f.kind == "tp":
+            user = f.ty.kind == "str" and f.ty.user
+            if user and "user_read_failed" not in self.prog.stats:  # one counter for the program
+                self.prog.stats.append("user_read_failed")
             return self.local(("tp", f.name), f.ty, "tp", offset=f.offset,
-                              data_loc=f.ty.cname.startswith("__data_loc"), raw_bits=f.ty.bits)
+                              stat=self.prog.stats.index("user_read_failed") if user else -1,
+                              data_loc=f.ty.cname.startswith("__data_loc"), raw_bits=f.ty.bits,
+                              user=user)
         if f.kind == "derived":
             return self.derived(f, span)
         raise AssertionError(f.kind)

@@ -230,7 +230,7 @@ class Catalog:
         if text is None:
             hook.tp_fields_known = False
         else:
-            for f in parse_tp_format(text):
+            for f in parse_tp_format(text, syscall=cat == "syscalls"):
                 hook.fields[f.name] = f
         for n, f in F.BUILTINS.items():
             hook.fields.setdefault(n, f)
@@ -267,8 +267,13 @@ def _close_btf_funcs(kernel: Kernel, name: str, lsm: bool) -> list[str]:
 _TP_FIELD = re.compile(r"field:(?P<decl>[^;]+);\s*offset:(?P<off>\d+);\s*size:(?P<size>\d+);\s*signed:(?P<signed>\d)")
 
 
-def parse_tp_format(text: str) -> list[F.Field]:
-    """Fields of a tracefs `format` file, without the common_* header."""
+def parse_tp_format(text: str, syscall: bool | None = None) -> list[F.Field]:
+    """Fields of a tracefs `format` file, without the common_* header.
+
+    `syscall`: a syscalls:sys_enter_* tracepoint, whose `char *` arguments are user strings
+    (None: told by the format's `name: sys_enter_...` line)."""
+    if syscall is None:
+        syscall = re.search(r"^name: sys_(enter|exit)_", text, re.M) is not None
     out = []
     for m in _TP_FIELD.finditer(text):
         decl = m["decl"].strip()
@@ -279,7 +284,8 @@ def parse_tp_format(text: str) -> list[F.Field]:
         if name.startswith("common_"):
             continue
         ctype = dm["type"].strip() + (dm["arr"] or "")
-        ty = F.with_name_display(name, T.tp_field_type(ctype, int(m["size"]), m["signed"] == "1", name + (dm["arr"] or "")))
+        ty = F.with_name_display(name, T.tp_field_type(ctype, int(m["size"]), m["signed"] == "1", name + (dm["arr"] or ""),
+                                                         syscall=syscall))
         out.append(F.Field(name, ty, "tp", f"tracepoint field: {decl}", offset=int(m["off"])))
     return out
 

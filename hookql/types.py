@@ -8,6 +8,7 @@ integer, and codegen inserts the swap.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -30,6 +31,9 @@ class Type:
     big_endian: bool = False  # int read from a __be field; codegen swaps it
     ctype: Any = field(default=None, compare=False)  # BTF type behind ptr/struct/int
     cname: str = ""  # C spelling for messages ("struct sock *", "size_t")
+    # str: read from user memory (bpf_probe_read_user_str), never as kernel memory: a syscall tracepoint's
+    # `const char *` argument.  Once read it is a string like any other (a copy in the probe's buffer).
+    user: bool = field(default=False, compare=False)
 
     def __str__(self) -> str:
         if self.kind == "int" and self.display == NS:
@@ -43,7 +47,7 @@ class Type:
             shown = "integer" if base == "integer" else f"integer, {base}"
             return f"{shown}, {DISPLAY_NAMES[self.display]}" if self.display in DISPLAY_NAMES else shown
         if self.kind == "str":
-            return "string"
+            return "string (from user memory)" if self.user else "string"
         if self.kind == "addr":
             return {4: "IPv4 address", 6: "IPv6 address"}.get(self.version, "IP address")
         if self.kind == "cidr":
@@ -149,9 +153,17 @@ def struct_of(ty: Type):
     return t if t.kind in ("struct", "union") else None
 
 
-def tp_field_type(ctype: str, size: int, signed: bool, name: str) -> Type:
-    """Type of a tracepoint format field (`field:__u8 saddr[4]; size:4; signed:0;`)."""
+USER_STR = 256  # bytes read of a user string (a syscall's `const char *filename`), NUL included
+
+
+def tp_field_type(ctype: str, size: int, signed: bool, name: str, syscall: bool = False) -> Type:
+    """Type of a tracepoint format field (`field:__u8 saddr[4]; size:4; signed:0;`).
+
+    In a syscall tracepoint (`syscall`), a `char *` / `const char *` argument is a user pointer to a
+    string: typed a user string, read with bpf_probe_read_user_str.  Other pointers stay numbers."""
     c = ctype.strip()
+    if syscall and re.fullmatch(r"(const\s+)?char\s*\*", c):
+        return Type("str", size=USER_STR, cname=c, user=True)
     if c.startswith("__data_loc"):
         return Type("str", size=256, cname=c)
     if "[" in name or c.endswith("]"):

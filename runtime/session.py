@@ -203,6 +203,9 @@ class Session:
         if stats.get("kstack_failed"):
             lost.append(f"{stats['kstack_failed']} events had no kernel stack (counted under `[no stack: ...]`): "
                         "the stack map was full (raise --map-size) or its hash bucket held another stack")
+        if stats.get("user_read_failed"):
+            lost.append(f"{stats['user_read_failed']} user strings could not be read (a NULL pointer, or a page "
+                        "not in memory yet) and read as \"\"")
         if self.layout.get("kstack") and self.ksyms.note:
             lost.append(self.ksyms.note)
         if self.events and self.events.bad:

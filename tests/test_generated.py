@@ -29,7 +29,8 @@ from hookql.fields import ARGS, CURRENT, shadowed_builtins
 
 HOOKS = ["syscalls:sys_enter_getsockopt", "syscalls:sys_enter_connect", "syscalls:sys_enter_kill",
          "syscalls:sys_exit_read", "sched:sched_process_exec", "sock:inet_sock_set_state",
-         "tcp:tcp_retransmit_skb", "net:netif_receive_skb", "skb:kfree_skb"]
+         "tcp:tcp_retransmit_skb", "net:netif_receive_skb", "skb:kfree_skb",
+         "syscalls:sys_enter_openat"]  # filename: a user string (bpf_probe_read_user_str)
 AGGS = ["count", "sum", "avg", "min", "max", "hist", "lhist"]
 INT_OPS = ["+", "-", "*", "/", "%", "&", "|", "^", "<<", ">>"]
 CMP_OPS = ["==", "!=", "<", "<=", ">", ">="]
