@@ -82,12 +82,9 @@ class FileResolver:
         else:
             start = os.getcwd() if source.name.startswith("<") else os.path.realpath(os.path.dirname(
                 os.path.abspath(source.name)))
-        from hookql.libs.manifest import trusted
+        from hookql.libs.manifest import owner as owner_of, trusted
 
-        try:
-            owner = os.stat(source.real).st_uid if source.real else None
-        except OSError:
-            owner = None
+        owner = owner_of(source.real or source.name)
         d = start
         while True:
             if trusted(os.path.join(d, "hookql.toml"), owner):  # not a manifest another user left above

@@ -60,6 +60,14 @@ def find(start: Path, owner: int | None = None) -> Path | None:
     return None
 
 
+def owner(path: str | None) -> int | None:
+    """Who owns the script at path (None when it is not a file: `<-e>`, standard input)."""
+    try:
+        return os.stat(path).st_uid if path else None
+    except OSError:
+        return None
+
+
 def trusted(path: Path | str, owner: int | None = None) -> bool:
     """A hookql.toml may make a project of the directories below it only if it is a regular file of
     root's, of the running user's or of the script's owner: a /tmp/hookql.toml another user left must

@@ -48,7 +48,7 @@ class ManifestResolver(FileResolver):
         using = use.span.source.name
         real = use.span.source.real  # where the script really was when it was read (hookql/cli.py _source)
         script_dir = Path(real).parent if real else Path(using).resolve().parent
-        owner = _owner(real or using)
+        owner = M.owner(real or using)
         owner = self._roots.get(using)  # the library the using module belongs to, if it is one
         in_git = owner in self._git_roots
         lib, *mod = use.name.split(".")
@@ -134,12 +134,3 @@ class ManifestResolver(FileResolver):
 def _kernel_version(release: str) -> Version | None:
     m = re.match(r"(\d+)\.(\d+)(?:\.(\d+))?", release)
     return Version(int(m[1]), int(m[2]), int(m[3] or 0)) if m else None
-
-
-def _owner(path: str) -> int | None:
-    import os
-
-    try:
-        return os.stat(path).st_uid
-    except OSError:
-        return None
