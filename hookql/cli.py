@@ -157,8 +157,6 @@ def _diagnostic(*args):
 
 def _read_sources(files: list[str], expr: str | None) -> list[Source] | None:
     """Scripts named on the command line; None after saying why one can't be read."""
-    from hookql.source import Source
-
     texts = [_read_text(f) for f in files]
     if any(t is None for t in texts):
         return None
@@ -268,7 +266,6 @@ def cmd_compile(args) -> int:
     from hookql.runtime import features
 
     from hookql import kernel as K
-    from hookql.source import Source
 
     script = _single_script(args, "compile")
     if isinstance(script, int):
@@ -326,7 +323,6 @@ def cmd_run(args) -> int:
         obj, name, layout, how = hit["object"], hit["object_name"], hit["layout"], "cached run"
     else:
         from hookql import kernel as K
-        from hookql.source import Source
 
         src = _source(*script)
         checked, diagnostics = _checked_or_report(src, K.running())
