@@ -32,6 +32,8 @@ from __future__ import annotations
 
 import re
 
+from hookql.source import utf8
+
 __all__ = ["UnsafeCText", "c_string_literal", "c_char_literal", "c_comment", "c_ident", "c_tokens", "FILTERS"]
 
 
@@ -42,10 +44,7 @@ class UnsafeCText(ValueError):
 def _utf8(s: str | bytes) -> bytes:
     if isinstance(s, bytes):
         return s
-    try:
-        return s.encode("utf-8", "surrogateescape")  # a file name's undecodable bytes, back as they were
-    except UnicodeEncodeError:
-        return s.encode("utf-8", "surrogatepass")
+    return utf8(s)  # a file name's undecodable bytes, back as they were
 
 
 def _byte(b: int, quote: int, prev: int | None) -> str:

@@ -12,8 +12,9 @@ from dataclasses import dataclass, field
 
 from hookql import nodes as n
 from hookql import types as T
-from hookql.checker import CheckedScript, ConstSymbol, StateMap, _shape
-from hookql.fields import Field
+from hookql.checker import CheckedScript, ConstSymbol, StateMap, _shape, probe_type
+from hookql.fields import BUILTINS, CGROUP_VIEWS, Field
+from hookql.source import utf8
 
 # Keyed aggregations are preallocated per-CPU hashes: lookups stay as fast as a
 # hand-written program's at 100k keys (allocated on demand they cost 2x there),
@@ -200,6 +201,10 @@ class Aggregation:
     lhist: tuple[int, int, int] | None = None  # min, max, step
     drop_stat: int = 0
     key_scratch: bool = False  # the key is built in the probe's per-CPU scratch value
+    alias: str | None = None  # `as NAME`
+    value_name: str | None = None  # the aggregated value as written (`size` in sum(size))
+    value_is_signed: bool = False  # the value's own type (value_signed is also set for sum/avg/min/max)
+    serve: bool = False  # Program.serve: a histogram's value ends with the sum of the values counted
 
     @property
     def map_name(self) -> str:
@@ -229,14 +234,16 @@ class Aggregation:
 
     @property
     def value_size(self) -> int:
-        return {"count": 8, "sum": 8, "avg": 16, "min": 16, "max": 16}.get(self.func, 8 * self.buckets)
+        return {"count": 8, "sum": 8, "avg": 16, "min": 16, "max": 16}.get(self.func,
+                                                                           8 * (self.buckets + self.serve))
 
     def layout(self) -> dict:
         return {"map": self.map_name, "probe": self.probe, "func": self.func, "text": self.text,
                 "line": self.line, "by": [k.layout() for k in self.keys], "key_size": self.key_size,
                 "value_size": self.value_size, "value_signed": self.value_signed, "per_cpu": self.per_cpu,
                 "value_display": self.value_display, "lhist": self.lhist, "buckets": self.buckets,
-                "drop_stat": self.drop_stat}
+                "drop_stat": self.drop_stat, "name": self.alias, "serve": self.serve,
+                "value_name": self.value_name, "value_is_signed": self.value_is_signed}
 
 
 @dataclass
@@ -327,6 +334,42 @@ class Deny:
 
 
 @dataclass
+class EntrySave:
+    """A return that reads what its call was entered with: a kretprobe's arguments (kprobe mode), a sys_exit_X
+    tracepoint's sys_enter_X fields.  A program on the entry saves them in an LRU hash keyed by thread
+    (bpf_get_current_pid_tgid); the exit's program takes them out (a missing entry: the clause does not fire,
+    counted).  Stores, deletes and refusals are counted as a state map's are."""
+
+    index: int  # the exit probe's
+    text: str  # the hook entered: kprobe:tcp_v4_connect, tracepoint:syscalls:sys_enter_bind
+    exit_text: str
+    attach: str  # kprobe | tp
+    section: str
+    line: int
+    params: list[tuple[str, str]] = field(default_factory=list)  # kprobe: the entry program's signature
+    saved: list[str] = field(default_factory=list)  # kprobe: the params saved (the ones the clause reads)
+    raw_size: int = 0  # tp: bytes of the sys_enter record saved (its head, up to the last field read)
+    inserts_stat: int = 0
+    deletes_stat: int = 0
+    failed_stat: int = 0
+    missing_stat: int = 0
+
+    @property
+    def map_name(self) -> str:
+        return f"hq_entry{self.index}"
+
+    @property
+    def func(self) -> str:
+        return f"hq_enter{self.index}"
+
+    def layout(self) -> dict:
+        return {"map": self.map_name, "func": self.func, "text": self.text, "exit": self.exit_text,
+                "line": self.line, "key_size": 8,
+                "stats": {"inserts": self.inserts_stat, "deletes": self.deletes_stat, "failed": self.failed_stat,
+                          "missing": self.missing_stat}}
+
+
+@dataclass
 class Probe:
     index: int
     text: str  # lsm:socket_connect
@@ -344,6 +387,7 @@ class Probe:
     deny: Deny | None
     scratch_locals: list[Local] = field(default_factory=list)  # strings too large for the stack
     scratch_keys: list["Aggregation"] = field(default_factory=list)  # keys too large for the stack
+    entry: EntrySave | None = None  # what the call was entered with, saved by a program on its entry
 
     @property
     def func(self) -> str:
@@ -366,14 +410,25 @@ class Program:
     lines: dict[str, str] = field(default_factory=dict)  # script line -> its text, for the verifier's log
     states: list[StateMapIR] = field(default_factory=list)
     kstack_stat: int = -1  # kstack used: the counter of stacks the kernel could not take (hq_stacks); else -1
+    # `hookql serve`: each aggregation is two maps, written by turns (hq_gen says which), so the service drains
+    # one while events go to the other; histograms count values <= 2^k, as Prometheus's `le` buckets do
+    serve: bool = False
 
     def layout(self) -> dict:
         return {"source": self.source_name, "lines": self.lines, "states": [st.layout() for st in self.states],
-                "kstack": self.kstack_stat >= 0,
+                "serve": self.serve,
+                "kstack": self.kstack_stat >= 0, "user_sockaddr": "usa" in self.helpers,
+                "entries": [p.entry.layout() for p in self.probes if p.entry],
                 "aggregations": [a.layout() for a in self.aggregations],
                 "emits": [e.layout() for e in self.emits], "stats": self.stats,
-                "probes": [{"index": p.index, "text": p.text, "func": p.func, "attach": p.attach,
-                            "section": p.section, "deny": bool(p.deny)} for p in self.probes]}
+                "probes": [x for p in self.probes for x in [
+                    {"index": p.index, "text": p.text, "func": p.func, "attach": p.attach, "section": p.section,
+                     "deny": bool(p.deny), "line": p.line}] + (
+                    # the exit's program attaches before its entry's: every entry saved has its return seen (a
+                    # kretprobe sees only returns of calls entered after it attached), none is left behind by the
+                    # attach; a call entered between the two is counted missing at its return
+                    [{"index": p.index, "text": f"{p.entry.text} (entry of {p.entry.exit_text})", "func": p.entry.func,
+                      "attach": p.entry.attach, "section": p.entry.section, "deny": False}] if p.entry else [])]}
 
 
 # -- lowering ------------------------------------------------------------------------------
@@ -391,11 +446,12 @@ ATTACH = {  # provider -> {func_mode: attach type, which is also the SEC() prefi
 }
 
 
-def lower(checked: CheckedScript, func_mode: str = "kprobe") -> Program:
+def lower(checked: CheckedScript, func_mode: str = "kprobe", serve: bool = False) -> Program:
     """func_mode: how kprobe/kretprobe attach: "kprobe" (kprobe/kretprobe) or
-    "fentry" (fentry/fexit, BPF trampolines)."""
-    prog = Program(checked.script.span.source.name, [], [], [], ["ringbuf_drops"], set(), 8)
+    "fentry" (fentry/fexit, BPF trampolines).  serve: for `hookql serve` (Program.serve)."""
+    prog = Program(checked.script.span.source.name, [], [], [], ["ringbuf_drops"], set(), 8, serve=serve)
     prog.state_of = {}
+    prog.shared = {}  # (probe list, action index) -> the aggregation or emit record the list's probes share
     for st in checked.states.values():
         if st.typed and st.stores:
             ir = _state_ir(st, len(prog.states))
@@ -430,15 +486,17 @@ class _ProbeLowering:
         h, c = self.hook, self.clause
         attach, section = self.attach()
         params, ret = self.signature(attach)
-        self.params = {name for _, name in params} | ({ret[1]} if ret else set())
+        # kretprobe (kprobe mode): the arguments come from the entry's save, at most 5 as a kprobe reads them
+        self.entry_params = self.signature("kprobe")[0] if attach == "kretprobe" else []
+        self.params = {name for _, name in params + self.entry_params} | ({ret[1]} if ret else set())
         where = self.expr(c.where) if c.where is not None else None
         pre = list(self.order)
         actions, deny = [], None
-        for a in c.actions:
+        for j, a in enumerate(c.actions):
             if isinstance(a, n.Aggregate):
-                actions.append(self.aggregate(a))
+                actions.append(self.aggregate(a, j))
             elif isinstance(a, n.Emit):
-                actions.append(self.emit(a))
+                actions.append(self.emit(a, j))
             elif isinstance(a, n.Deny):
                 deny = self.deny(a)
             elif isinstance(a, n.Store):
@@ -457,8 +515,32 @@ class _ProbeLowering:
         probe = Probe(self.index, h.probe, h.provider, attach, section,
                       c.span.line, params, ret, pre, post, where, c.where.span.line if c.where else c.span.line,
                       actions, deny)
+        probe.entry = self.entry_save()
         _place_large(probe)
         return probe
+
+    def entry_save(self) -> EntrySave | None:
+        """The entry program this probe needs, if it reads what its call was entered with."""
+        h, c = self.hook, self.clause
+        if self.entry_params:
+            used = {l.args["param"] for l in self.order if l.how == "param"}
+            saved = [name for _, name in self.entry_params if name in used]
+            if not saved:
+                return None
+            last = max(i for i, (_, name) in enumerate(self.entry_params) if name in used)
+            e = EntrySave(self.index, f"kprobe:{h.name}", h.probe, "kprobe", f"kprobe/{h.name}", c.span.line,
+                          self.entry_params[:last + 1], saved)
+        else:
+            offsets = [l.args["offset"] for l in self.order if l.args.get("entry")]
+            if not offsets:
+                return None
+            enter = h.name.replace("sys_exit_", "sys_enter_", 1)
+            e = EntrySave(self.index, f"tracepoint:{enter}", h.probe, "tp", f"tp/{enter.replace(':', '/')}",
+                          c.span.line, raw_size=max(offsets) + 8)
+        base = len(self.prog.stats)
+        e.inserts_stat, e.deletes_stat, e.failed_stat, e.missing_stat = range(base, base + 4)
+        self.prog.stats += [f"{e.map_name}_{k}" for k in ("inserts", "deletes", "failed", "missing")]
+        return e
 
     # -- attach and signature --
     def attach(self) -> tuple[str, str]:
@@ -503,6 +585,10 @@ class _ProbeLowering:
             if f.name == "kstack" and self.prog.kstack_stat < 0:  # one stack map for the program
                 self.prog.kstack_stat = len(self.prog.stats)
                 self.prog.stats.append("kstack_failed")
+            if f.name == "probe":
+                return self.local(("builtin", f.name), probe_type(self.clause), f.name, text=self.hook.probe)
+            if f.name in CGROUP_VIEWS:  # the cgroup id; the runtime prints the container or pod its path names
+                f = BUILTINS["cgroup"]
             return self.local(("builtin", f.name), f.ty, f.name,
                               **({"stat": self.prog.kstack_stat} if f.name == "kstack" else {}))
         if f.kind == "arg":
@@ -520,10 +606,17 @@ class _ProbeLowering:
             return self.local(("tp", f.name), f.ty, "tp", offset=f.offset,
                               stat=self.prog.stats.index("user_read_failed") if user else -1,
                               data_loc=f.ty.cname.startswith("__data_loc"), raw_bits=f.ty.bits,
-                              user=user)
+                              user=user, entry=f.entry, exec_ret=self.exec_ret(f) if user else None)
         if f.kind == "derived":
             return self.derived(f, span)
         raise AssertionError(f.kind)
+
+    def exec_ret(self, f: Field) -> int | None:
+        """At sys_exit_execve(at), `ret`'s offset: the entry's user pointers are read only when the exec failed
+        (a successful one replaced the memory they point to: reading would give the new program's bytes)."""
+        if f.entry and self.hook.name in ("syscalls:sys_exit_execve", "syscalls:sys_exit_execveat"):
+            return self.hook.fields["ret"].offset
+        return None
 
     def source_ptr(self, f: Field, span) -> tuple[str, Local]:
         """(source kind, local holding the pointer) of a derived field."""
@@ -539,6 +632,15 @@ class _ProbeLowering:
         return f.source, base
 
     def derived(self, f: Field, span) -> Local:
+        if f.source == "usockaddr":  # a syscall's struct sockaddr *: copied once from user memory, never kernel
+            if "user_read_failed" not in self.prog.stats:
+                self.prog.stats.append("user_read_failed")
+            self.prog.helpers.add("usa")
+            usa = self.local(("usa", f.offset), T.Type("usa"), "usa", offset=f.offset, entry=f.entry,
+                             stat=self.prog.stats.index("user_read_failed"),
+                             null_ok=self.hook.name.endswith(("_sendto")))  # send(2): NULL, no address
+            return self.local(("usa_field", f.offset, f.recipe), f.ty, "usa_field", deps=[usa], usa=usa,
+                              recipe=f.recipe)
         src, base = self.source_ptr(f, span)
         if src == "skb":
             pkt = self.local(("pkt", base.name), T.Type("pkt"), "pkt", deps=[base], skb=base)
@@ -683,8 +785,22 @@ class _ProbeLowering:
             raise LoweringError(e.span, "compare a field here, not an expression")
         return r.local
 
+    def probe_name(self, e: n.Expr) -> str | None:
+        """The `probe` builtin is a constant in each program: the name of the hook it is for."""
+        if isinstance(e, n.Name) and getattr(e.symbol, "kind", None) == "builtin" and e.symbol.name == "probe":
+            return self.hook.probe
+        return None
+
     def equal(self, left: n.Expr, right: n.Expr) -> Expr:
         left, right = _unwrap(left), _unwrap(right)
+        pl, pr = self.probe_name(left), self.probe_name(right)
+        if pl is not None or pr is not None:  # compared as the constant it is in this program
+            other, text = (right, pl) if pl is not None else (left, pr)
+            if pl is not None and pr is not None:
+                return Lit(1)
+            if _is_const(other):
+                return Lit(int(_const_equal(text, _const_value(other))))
+            return StrEq(self.value_local(other), list(utf8(text)) + [0])
         if _is_const(left) and _is_const(right):  # "a" != "b": known now
             return Lit(int(_const_equal(_const_value(left), _const_value(right))))
         lit, other = (right, left) if _is_const(right) else (left, right)
@@ -692,7 +808,7 @@ class _ProbeLowering:
             val = _const_value(lit)
             loc = self.value_local(other)
             if isinstance(val, str):
-                return StrEq(loc, list(val.encode()) + [0])
+                return StrEq(loc, list(utf8(val)) + [0])
             return _addr_match(loc, ipaddress.ip_network(val))
         l, r = self.value_local(left), self.value_local(right)
         if left.ty.kind == "str":
@@ -707,12 +823,14 @@ class _ProbeLowering:
         val = _const_value(right)
         if _is_const(left) or isinstance(left, n.IntLit):  # "a" in {"a", "b"}: known now
             return Lit(int(_const_in(_const_value(left), val)))
+        if self.probe_name(left) is not None:
+            return Lit(int(_const_in(self.probe_name(left), val)))
         if right.ty.kind == "cidr" or right.ty.kind == "addr":
             return _addr_match(self.value_local(left), ipaddress.ip_network(val))
         items = sorted(val, key=str)
         if left.ty.kind == "str":
             loc = self.value_local(left)
-            return AnyOf([StrEq(loc, list(s.encode()) + [0]) for s in items])
+            return AnyOf([StrEq(loc, list(utf8(s)) + [0]) for s in items])
         if left.ty.kind == "addr":
             loc = self.value_local(left)
             return AnyOf([_addr_match(loc, ipaddress.ip_network(v)) for v in items])
@@ -766,41 +884,74 @@ class _ProbeLowering:
             t = k.ty
             name = k.span.text if k.span.line == k.span.end_line else f"{prefix}{i}"
             if t.kind == "str":
-                slots.append(Slot(name, f"{prefix}{i}", "str", t.size, 0, local=self.value_local(k)))
+                loc = self.value_local(k)  # in a probe list the slot may be wider than this probe's string
+                slots.append(Slot(name, f"{prefix}{i}", "str", t.size, 0, local=loc,
+                                  copy=min(t.size, loc.ty.size) if loc.ty.kind == "str" else 0))
             elif t.kind == "addr":
                 slots.append(Slot(name, f"{prefix}{i}", "addr", 16, 0, local=self.value_local(k)))
             else:
-                size = 8 if t.kind in ("ptr", "kstack") else max(1, min(t.bits, 64) // 8) if t.kind == "int" else 1
+                size = 8 if t.kind in ("ptr", "kstack", "walltime") else max(1, min(t.bits, 64) // 8) if t.kind == "int" else 1
                 size = size if size in (1, 2, 4, 8) else 8
                 display = T.HEX if t.kind == "ptr" else t.display
                 slots.append(Slot(name, f"{prefix}{i}", "int", size, 0, t.signed, display, expr=self.expr(k)))
         size = pack(slots)
         return slots, size
 
-    def aggregate(self, a: n.Aggregate) -> Aggregation:
+    def shared(self, j: int):
+        """In a probe list, what the first probe's program made for action j (its map, its record), which the
+        others' programs fill too (the checker gave them the same types); None for the first or a lone probe."""
+        g = self.clause.group
+        if g is None or self.clause is g.first:
+            return None
+        return self.prog.shared[(id(g), j)]
+
+    def share(self, j: int, made) -> None:
+        if self.clause.group is not None:
+            self.prog.shared[(id(self.clause.group), j)] = made
+
+    @property
+    def probe_text(self) -> str:
+        """Whose aggregation or record it is: the hook, or every hook of the probe list."""
+        return self.clause.group.written if self.clause.group else self.hook.probe
+
+    def aggregate(self, a: n.Aggregate, j: int) -> Aggregation:
         keys, key_size = self.slots(a.by, "k")
         value = self.expr(a.args[0]) if a.func != "count" else None
         vt = a.args[0].ty if a.args else None
         lh = None
         if a.func == "lhist":
             lh = tuple(_const_value(x) for x in a.args[1:])
-        agg = Aggregation(len(self.prog.aggregations), self.hook.probe, a.func, a.span.text, a.span.line, keys,
-                          key_size, value, bool(vt and vt.signed) or a.func in ("sum", "avg", "min", "max"),
-                          vt.display if vt else None, lh)
+        owner = self.shared(j)
+        agg = Aggregation(owner.index if owner else len(self.prog.aggregations), self.probe_text, a.func,
+                          a.span.text, a.span.line, keys, key_size, value,
+                          bool(vt and vt.signed) or a.func in ("sum", "avg", "min", "max"),
+                          vt.display if vt and vt.display != "cgroup" else None,  # max(cgroup): a number, no path
+                          lh)
+        agg.alias, agg.serve = a.alias, self.prog.serve
+        agg.value_name = " ".join(a.args[0].span.text.split()) if a.args else None
+        agg.value_is_signed = bool(vt and vt.signed)
+        if owner is not None:
+            agg.drop_stat = owner.drop_stat
+            return agg
         agg.drop_stat = len(self.prog.stats)
         self.prog.stats.append(f"{agg.map_name}_full")
         self.prog.aggregations.append(agg)
+        self.share(j, agg)
         if a.func == "hist":
             self.prog.helpers.add("log2")
         return agg
 
-    def emit(self, a: n.Emit) -> EmitRecord:
+    def emit(self, a: n.Emit, j: int) -> EmitRecord:
         slots, size = self.slots(a.values, "f")
         size = max(size, 8)
-        rec = EmitRecord(len(self.prog.emits), self.hook.probe, a.span.line, slots, size + 8)
+        owner = self.shared(j)
+        rec = EmitRecord(owner.index if owner else len(self.prog.emits), self.probe_text, a.span.line, slots,
+                         size + 8)
         for s in slots:
             s.offset += 8  # after the record's header (u32 id, u32 pad)
-        self.prog.emits.append(rec)
+        if owner is None:
+            self.prog.emits.append(rec)
+            self.share(j, rec)
         return rec
 
     def deny(self, a: n.Deny) -> Deny:

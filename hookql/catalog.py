@@ -8,7 +8,7 @@ from __future__ import annotations
 import difflib
 import json
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cache
 from importlib import resources
 
@@ -63,7 +63,6 @@ class Hook:
     seeds: list[SeedEntry] = field(default_factory=list)
     seed_only: dict[str, str] = field(default_factory=dict)  # seed arg the kernel lacks -> seed decl
     aliases: dict[str, str] = field(default_factory=dict)  # seed arg name -> kernel arg name
-    entry_args: dict[str, str] = field(default_factory=dict)  # kretprobe: args it cannot read -> decl
     tp_fields_known: bool = True
     tp_source: str = ""  # tracepoint: where its fields came from ("tracefs", "BTF struct trace_event_raw_X", ...)
 
@@ -154,21 +153,22 @@ class Catalog:
         sources: list[tuple[int, str, str]] = []
         ret_kind = sig.ret.strip().kind
         if hook.provider == "kretprobe":
-            hook.entry_args = {name: ct.c_decl(name) for _, name, ct in params}
             if ret_kind != "void":
                 hook.fields["retval"] = F.Field("retval", _retval_type(sig.ret), "retval", F.RETVAL_DOC["kretprobe"], index=-1)
                 src = F.classify(sig.ret)
-                if src:
+                if src:  # a returned sock (inet_csk_accept) is what the typed fields describe
                     sources.append((-1, "retval", src))
-        else:
-            for i, name, ct in params:
-                hook.fields[name] = F.arg_field(i, name, ct)
-                src = F.classify(ct)
-                if src:
-                    sources.append((i, name, src))
-            if hook.provider == "lsm" and ret_kind != "void":
-                hook.fields["retval"] = F.Field("retval", T.INT(32, True, T.ERRNO, "int"), "retval",
-                                                  F.RETVAL_DOC["lsm"])
+        for i, name, ct in params:
+            # a kretprobe reads its arguments as they were passed: fexit has them; a kretprobe's program gets
+            # them saved at entry, per thread (codegen)
+            f = F.arg_field(i, name, ct)
+            hook.fields[name] = replace(f, entry=True, doc=f.doc + " (as passed at entry)") \
+                if hook.provider == "kretprobe" else f
+            src = F.classify(ct)
+            if src:
+                sources.append((i, name, src))
+        if hook.provider == "lsm" and ret_kind != "void":
+            hook.fields["retval"] = F.Field("retval", T.INT(32, True, T.ERRNO, "int"), "retval", F.RETVAL_DOC["lsm"])
         for name, f in F.derived_fields(hook.name, sources).items():
             hook.fields.setdefault(name, f)
         for name, f in F.BUILTINS.items():
@@ -212,29 +212,51 @@ class Catalog:
             raise ProbeError(f"tracepoints are tracepoint:CATEGORY:NAME, not tracepoint:{':'.join(target)}")
         cat, name = target
         hook = Hook("tracepoint", f"{cat}:{name}", kernel)
-        text = None
-        tracefs = kernel.tracefs()
-        if tracefs is not None:
-            fmt = tracefs / "events" / cat / name / "format"
-            try:
-                text = fmt.read_text()
-            except FileNotFoundError:
-                raise _tp_missing(tracefs, cat, name) from None
-            except OSError:
-                text = None  # unreadable (not root): BTF knows the fields too
-            else:
-                hook.tp_source = f"tracefs ({fmt})"
-        if text is None:
-            text = btf_tp_format(kernel, cat, name)
-            hook.tp_source = _btf_source(kernel, cat, name)
+        text, hook.tp_source = _tp_format(kernel, cat, name)
         if text is None:
             hook.tp_fields_known = False
         else:
-            for f in parse_tp_format(text, syscall=cat == "syscalls"):
-                hook.fields[f.name] = f
+            _add_tp_fields(hook, f"{cat}:{name}", parse_tp_format(text, syscall=cat == "syscalls"))
+            if cat == "syscalls" and name.startswith("sys_exit_"):
+                # the syscall's arguments at its exit: the sys_enter_X fields, saved per thread at entry (codegen)
+                enter = name.replace("sys_exit_", "sys_enter_", 1)
+                try:
+                    etext, _ = _tp_format(kernel, cat, enter)
+                except ProbeError:
+                    etext = None
+                if etext is not None:
+                    fields = [replace(f, entry=True, doc=f"{f.doc} (at {enter}, saved per thread until the exit)")
+                              for f in parse_tp_format(etext, syscall=True) if f.name != "__syscall_nr"]
+                    _add_tp_fields(hook, f"{cat}:{enter}", fields, entry=True)
         for n, f in F.BUILTINS.items():
             hook.fields.setdefault(n, f)
         return hook
+
+
+def _tp_format(kernel: Kernel, cat: str, name: str) -> tuple[str | None, str]:
+    """A tracepoint's format text (tracefs, else BTF; None when neither knows it) and where it came from."""
+    tracefs = kernel.tracefs()
+    if tracefs is not None:
+        fmt = tracefs / "events" / cat / name / "format"
+        try:
+            return fmt.read_text(), f"tracefs ({fmt})"
+        except FileNotFoundError:
+            raise _tp_missing(tracefs, cat, name) from None
+        except OSError:
+            pass  # unreadable (not root): BTF knows the fields too
+    return btf_tp_format(kernel, cat, name), _btf_source(kernel, cat, name)
+
+
+def _add_tp_fields(hook: Hook, name: str, fields: list[F.Field], entry: bool = False) -> None:
+    """A tracepoint's fields, and the typed address fields of its user sockaddr pointers; fields the hook
+    has already (a sys_exit's own `ret`) stay."""
+    for f in fields:
+        hook.fields.setdefault(f.name, f)
+    for n, f in F.user_sockaddr_fields(name, fields).items():
+        f = replace(f, entry=True) if entry else f
+        old = hook.fields.get(n)  # sendto's pointer is named `addr`: the typed address replaces it
+        if old is None or old.kind == "tp" and old.offset == f.offset and old.entry == f.entry:
+            hook.fields[n] = f
 
 
 def _retval_type(ret) -> T.Type:

@@ -6,6 +6,7 @@ failed sub-expression types as None so it is reported once, not cascaded.
 """
 from __future__ import annotations
 
+import copy
 import difflib
 import ipaddress
 import operator
@@ -22,7 +23,7 @@ from hookql import fields as F
 from hookql.fields import Field
 from hookql.kernel import Kernel
 from hookql.lexer import AGGREGATIONS
-from hookql.source import Source, Span
+from hookql.source import Source, Span, utf8
 from hookql.types import Type
 
 _ARITH = {"+", "-", "*", "/", "%", "&", "|", "^", "<<", ">>"}
@@ -214,9 +215,32 @@ class Checker:
                 consts.declare(item)
         consts.evaluate_all()
         out.consts = consts.values
+        script.items = self.expand_probe_lists(script.items, diags)
         out.states = states = self.infer_states(script, consts)
+        groups: dict[int, list[n.Clause]] = {}
         for clause in script.clauses:
-            _ClauseChecker(self, clause, consts, diags, states).run()
+            if clause.group is None or clause is clause.group.first:
+                _ClauseChecker(self, clause, consts, diags, states).run()
+                continue
+            # another probe of a list: what every probe reports alike is said once (for the first)
+            quiet = Diagnostics()
+            _ClauseChecker(self, clause, consts, quiet, states).run()
+            said = {(d.severity, d.span, d.message) for d in diags}
+            diags.extend(d for d in quiet if (d.severity, d.span, d.message) not in said)
+            groups.setdefault(id(clause.group), [clause.group.first]).append(clause)
+        for members in groups.values():
+            _unify_group(members, diags)
+        names: dict[str, n.Aggregate] = {}
+        for clause in script.clauses:  # `as NAME`: one aggregation per name (a probe list's copies are one)
+            if clause.group is not None and clause is not clause.group.first:
+                continue
+            for a in clause.actions:
+                if isinstance(a, n.Aggregate) and a.alias is not None:
+                    first = names.setdefault(a.alias, a)
+                    if first is not a:
+                        diags.error(a.alias_span, f"'{a.alias}' already names the aggregation at line "
+                                    f"{first.span.line} (`{first.span.text}`)",
+                                    "give each aggregation its own name: it is the metric's name in `hookql serve`")
         for st in states.values():
             if not st.stores or st.span is None:
                 continue
@@ -227,6 +251,85 @@ class Checker:
                 diags.warning(st.span, f"state '{st.name}' is stored but never deleted: its entries stay until "
                               "the map is full, then the least recently used are evicted",
                               f"delete each entry once read: `delete {st.name}[KEY]`")
+        return out
+
+    def expand_probe_lists(self, items: list[n.Node], diags: Diagnostics) -> list[n.Node]:
+        """`on A, B { ... }` becomes one clause per probe, each a copy checked against its own hook (so it
+        sees only what its hook has: fields every probe of the list has, by the same name), one ProbeGroup
+        tying them together for codegen (shared maps) and the `probe` builtin."""
+        out: list[n.Node] = []
+        for item in items:
+            if not isinstance(item, n.Clause) or len(item.probes) < 2 and "*" not in item.probe.text:
+                out.append(item)
+                continue
+            probes, seen, again = [], {}, {}
+            for p in self.expand_wildcards(item.probes, diags):
+                try:
+                    text = self.catalog.resolve(p.provider, p.target, self.kernel).probe
+                except ProbeError:
+                    text = p.text  # its error is reported when the copy is checked
+                if text in seen:
+                    again.setdefault(p.span, []).append(text)  # a wildcard's matches share its span
+                    continue
+                seen[text] = p
+                probes.append(p)
+            for span, texts in again.items():  # once per written probe, a wildcard's repeats together
+                if "*" in span.text:
+                    more = f" and {len(texts) - 3} more" if len(texts) > 3 else ""
+                    diags.error(span, f"{span.text} matches {', '.join(texts[:3])}{more}, already in this probe "
+                                "list", "name each probe once: narrow the pattern, or drop what it repeats")
+                else:
+                    diags.error(span, f"{texts[0]} is already in this probe list", "name each probe once")
+            if len(probes) > MAX_PROBES:
+                diags.error(item.probe.span, f"this probe list attaches {len(probes)} probes; a clause attaches at "
+                            f"most {MAX_PROBES}", "narrow the patterns, or split the clause")
+                continue
+            if not probes:
+                continue  # every probe refused, each with its error
+            group = n.ProbeGroup(list(seen), ", ".join(p.text for p in item.probes))
+            copies = [item] + [copy.deepcopy(item) for _ in probes[1:]]
+            for c, p in zip(copies, probes):
+                c.probe, c.group = p, group
+            group.first = item
+            out += copies
+        return out
+
+    def expand_wildcards(self, probes: list[n.Probe], diags: Diagnostics) -> list[n.Probe]:
+        """tracepoint:CATEGORY:NAME with `*` in either part: every tracepoint of the kernel that matches, in
+        name order (tracefs, or BTF offline)."""
+        from fnmatch import fnmatchcase
+
+        from hookql.catalog import PROVIDERS, tracepoint_list
+
+        out: list[n.Probe] = []
+        for p in probes:
+            if "*" not in p.text:
+                out.append(p)
+                continue
+            if PROVIDERS.get(p.provider) != "tracepoint" or len(p.target) != 2:
+                prov = PROVIDERS.get(p.provider)
+                diags.error(p.span, f"wildcards name tracepoints (tracepoint:sock:*, "
+                            f"tracepoint:syscalls:sys_enter_*), not {p.text}",
+                            "a tracepoint is CATEGORY:NAME, either part a pattern: tracepoint:sock:*, "
+                            "tracepoint:*:sys_enter_getp*" if prov == "tracepoint" else
+                            "list the hooks one by one: on lsm:socket_connect, lsm:socket_bind" if prov == "lsm" else
+                            "list the functions one by one: on kprobe:tcp_v4_connect, kprobe:tcp_v6_connect")
+                continue
+            tps, where = tracepoint_list(self.kernel)
+            cat, name = p.target
+            found = [n.Probe(p.span, "tracepoint", [c, e]) for c, e in tps
+                     if c != "?" and fnmatchcase(c, cat) and fnmatchcase(e, name)]
+            if not found:
+                offline = any(c == "?" for c, _ in tps)  # BTF records no categories but syscalls'
+                diags.error(p.span, f"no tracepoint matches {p.text} (from {where})",
+                            f"`hookql hooks '{p.text}'` lists what there is" + (
+                                "; checked offline, only tracepoint:syscalls:* patterns can match: name the "
+                                "tracepoints one by one, or check against the running kernel" if offline else ""))
+            elif len(found) > MAX_PROBES:
+                diags.error(p.span, f"{p.text} matches {len(found)} tracepoints; a clause attaches at most "
+                            f"{MAX_PROBES} probes", "narrow the pattern")
+            else:
+                out += found
         return out
 
     def infer_states(self, script: n.Script, consts: "_Consts") -> dict[str, StateMap]:
@@ -278,6 +381,10 @@ class Checker:
         return states
 
 
+MAX_PROBES = 512  # probes one clause's list (wildcards expanded) attaches: each is a program
+_EXEC_EXITS = ("syscalls:sys_exit_execve", "syscalls:sys_exit_execveat")
+
+
 # -- constants -----------------------------------------------------------------
 class _Consts:
     """User constants: declared first, evaluated on demand (so order does not
@@ -319,8 +426,9 @@ class _Consts:
                 self.declare(n.Def(item.span, f"{ns}.{item.name}", item.name_span, item.params, body))
             elif isinstance(item, n.Clause) and use.include:
                 where = _qualify(item.where, ns, local) if item.where is not None else None
-                clauses.append(n.Clause(item.span, item.probe, where, [_qualify_action(a, ns, local)
-                                                                       for a in item.actions]))
+                clause = n.Clause(item.span, item.probe, where, [_qualify_action(a, ns, local) for a in item.actions])
+                clause.probes = item.probes
+                clauses.append(clause)
             elif isinstance(item, n.Clause):
                 self.diags.error(item.span, "clauses belong in the scripts that use it: a library module's "
                                  "clauses run only where a script `include`s it; `use` takes constants and defs",
@@ -434,7 +542,7 @@ class _ConstEval:
         if isinstance(e, n.DurationLit):
             return T.DURATION, e.nanoseconds
         if isinstance(e, n.StrLit):
-            return T.string(len(e.value.encode()) + 1), e.value
+            return T.string(len(utf8(e.value)) + 1), e.value
         if isinstance(e, n.IpLit):
             return _ip_lit(e, self.diags)
         if isinstance(e, n.SetLit):
@@ -580,7 +688,9 @@ class _ClauseChecker:
             self.diags.warning(c.probe.span, f"{self.hook.probe}: {cv['why']}",
                                f"use {self.hook.provider}:{cv['use']}" if cv["use"] else None)
         if c.where is not None:
+            self.in_where = True  # for the hints of what a filter cannot read (container, pod)
             t = self.expr(c.where)
+            self.in_where = False
             if t is not None and t.kind != "bool":
                 self.diags.error(c.where.span, f"a filter must be true or false, but {_is(c.where, t)}",
                                  "compare it, e.g. `... != 0`")
@@ -817,7 +927,7 @@ class _ClauseChecker:
         return False
 
     def scalar(self, e: n.Expr, where: str) -> None:
-        self.kstack_key = e if where == "by" else None  # kstack: a `by` key, as itself, and nothing else
+        self.kstack_key = (e, where)  # kstack: a `by` key or `emit` value, walltime an `emit` value, as themselves
         try:
             t = self.expr(e)
         finally:
@@ -981,7 +1091,18 @@ class _ClauseChecker:
                                    f"write {F.ARGS}.{e.id} for the field, {F.CURRENT}.{e.id} for the builtin; "
                                    "either spelling silences this warning")
             e.symbol = f
-            return f.ty if f.ty.kind != "kstack" or self.kstack_ok(e) else None
+            if f.kind == "builtin" and f.name == "probe":
+                return probe_type(self.clause, self.hook)
+            if f.entry and f.ty.kind == "str" and f.ty.user and h.name in _EXEC_EXITS and id(e) not in self.warned \
+                    and not _only_failures(self.clause.where):
+                self.warned.add(id(e))
+                self.diags.warning(e.span, f"'{e.id}' at {h.probe} is read only when the exec failed (ret < 0): a "
+                                   "successful exec has replaced the memory it points to, and it reads as \"\"",
+                                   f"read it at tracepoint:{h.name.replace('sys_exit_', 'sys_enter_')}, or add "
+                                   "`where ret < 0`")
+            if f.kind == "builtin" and f.name in F.CGROUP_VIEWS and not self.cgroup_view_ok(e):
+                return None
+            return f.ty if f.ty.kind not in ("kstack", "walltime") or self.kstack_ok(e) else None
         sym = self.consts.get(e.id, e.span)
         if sym is not None:
             e.symbol = sym
@@ -990,10 +1111,6 @@ class _ClauseChecker:
             return None  # its definition's error is already reported
         if e.id == "retval":
             self.diags.error(e.span, f"retval is not available in {h.probe}", _retval_hint(h))
-            return None
-        if e.id in h.entry_args:
-            self.diags.error(e.span, f"arguments are not available in {h.probe}: '{e.id}' is read at entry "
-                             f"({h.entry_args[e.id]})", f"use kprobe:{h.name} to read arguments; a kretprobe sees retval")
             return None
         if e.id in h.seed_only:
             self.diags.error(e.span, f"{h.probe} has no argument '{e.id}' on kernel {h.kernel.label}: the seed "
@@ -1038,16 +1155,53 @@ class _ClauseChecker:
                 return None
         e.__class__ = n.Name  # from here on (codegen too) it is the field it names, as a bare name would be
         e.id, e.symbol = e.name, f
-        return f.ty if f.ty.kind != "kstack" or self.kstack_ok(e) else None
+        if f.kind == "builtin" and f.name == "probe":
+            return probe_type(self.clause, self.hook)
+        if f.kind == "builtin" and f.name in F.CGROUP_VIEWS and not self.cgroup_view_ok(e):
+            return None
+        return f.ty if f.ty.kind not in ("kstack", "walltime") or self.kstack_ok(e) else None
+
+    def cgroup_view_ok(self, e: n.Name) -> bool:
+        """container and pod are the cgroup id, printed as the container id or pod uid its cgroup path names
+        (runtime/cgroups.py, in user space): a `by` key of an aggregation or an `emit` value, as themselves.
+        Anywhere else (a filter: the program cannot know the path) an error."""
+        here, where = getattr(self, "kstack_key", None) or (None, None)
+        if e is here:
+            return True
+        name = e.symbol.name
+        msg = (f"{name} is found from the cgroup's path, in user space when the results print: it can only be a "
+               "`by` key of an aggregation or an `emit` value")
+        if getattr(self, "in_where", False):
+            self.diags.error(e.span, msg, f"a filter runs in the kernel, which has only the cgroup id: compare that, "
+                             "`where cgroup == N` (N: the inode number of the container's cgroup directory, `stat "
+                             "-c %i /sys/fs/cgroup/system.slice/docker-ID.scope`), or group by it: "
+                             f"`count by {name}`")
+        else:
+            self.diags.error(e.span, msg, f"write e.g. `count by {name}` or `emit comm, {name}`; it cannot be "
+                             "compared, computed with, stored or aggregated")
+        return False
 
     def kstack_ok(self, e: n.Name) -> bool:
-        """kstack (the event's kernel stack) is a `by` key of an aggregation, written as itself, on a hook whose
-        programs can take a stack; anywhere else an error."""
+        """kstack (the event's kernel stack) is a `by` key of an aggregation or an `emit` value, written as itself,
+        on a hook whose programs can take a stack; walltime (wall-clock time, for display) only an `emit` value,
+        as itself.  Anywhere else an error."""
         h = self.hook
-        if e is not getattr(self, "kstack_key", None):
-            self.diags.error(e.span, "kstack is a kernel stack: it can only be a `by` key of an aggregation",
-                             "write e.g. `count by kstack` (or `count by reason, kstack`); a stack cannot be "
-                             "compared, computed with, stored, aggregated or emitted")
+        here, where = getattr(self, "kstack_key", None) or (None, None)
+        if e.symbol.ty.kind == "walltime":
+            if e is here and where == "emit":
+                return True
+            self.diags.error(e.span, "walltime is the wall-clock time of the event, for display: it can only be an "
+                             "`emit` value",
+                             "write e.g. `emit walltime, comm, pid`; for counts per second run with "
+                             "`--every 1s --interval`" if e is here else
+                             "write e.g. `emit walltime, comm, pid`; to compare or measure time use ts (monotonic "
+                             "nanoseconds), e.g. `ts - start[tid] > 10ms`")
+            return False
+        if e is not here:
+            self.diags.error(e.span, "kstack is a kernel stack: it can only be a `by` key of an aggregation or an "
+                             "`emit` value",
+                             "write e.g. `count by kstack` (or `count by reason, kstack`) or `emit comm, kstack`; a "
+                             "stack cannot be compared, computed with, stored or aggregated")
             return False
         if h.provider not in F.STACK_PROVIDERS:
             self.diags.error(e.span, f"{h.probe} cannot take a kernel stack",
@@ -1103,8 +1257,10 @@ class _ClauseChecker:
             return None
         st = T.struct_of(ot)
         if st is None:
-            self.diags.error(e.name_span, f"{_describe(e.obj, ot)} has no members; '.' reads a field of a struct",
-                             None)
+            user = F.user_member_error(self.hook, getattr(e.obj, "symbol", None))  # umyaddr.sa_family
+            self.diags.error(e.name_span, user[0] if user else
+                             f"{_describe(e.obj, ot)} has no members; '.' reads a field of a struct",
+                             user[1] if user else None)
             return None
         path = st.find_member(e.name)
         if path is None and st.name == "sock" and e.name.startswith(("sk_", "skc_")):
@@ -1313,7 +1469,7 @@ class _ClauseChecker:
             el = rt.elem
             ok = (lt.is_int and el.is_int) or (lt.kind == el.kind == "str") or (lt.kind == "addr" and el.kind == "cidr")
             if ok and lt.kind == "str" and lt.size:
-                long = sorted(v for v in self.constant(e.right) if len(v.encode()) >= lt.size)
+                long = sorted(v for v in self.constant(e.right) if len(utf8(v)) >= lt.size)
                 if long:
                     self.diags.warning(e.right.span, f"{_text(e.left)} holds at most {lt.size - 1} bytes; "
                                        f"{', '.join(repr(v) for v in long[:3])}{' ...' if len(long) > 3 else ''} "
@@ -1345,10 +1501,10 @@ class _ClauseChecker:
         """Warn when a string constant is longer (in UTF-8 bytes) than the field it is compared with holds."""
         for field_t, lit, other in ((lt, e.right, e.left), (rt, e.left, e.right)):
             value = self.constant(lit)
-            if isinstance(value, str) and field_t.size and len(value.encode()) >= field_t.size \
+            if isinstance(value, str) and field_t.size and len(utf8(value)) >= field_t.size \
                     and self.constant(other) is None:
                 self.diags.warning(lit.span, f"{_text(other)} holds at most {field_t.size - 1} bytes; "
-                                   f"{_text(lit)} ({len(value.encode())} bytes) never matches", _truncation_hint(other))
+                                   f"{_text(lit)} ({len(utf8(value))} bytes) never matches", _truncation_hint(other))
 
     def fold_comparison(self, e: n.Binary, lt: Type, rt: Type) -> None:
         """A comparison of two constants is decided here: a warning says which way, and the program
@@ -1371,6 +1527,123 @@ class _ClauseChecker:
 
 
 # -- helpers -------------------------------------------------------------------
+def _only_failures(where: n.Expr | None) -> bool:
+    """Does the filter require `ret < 0` (`ret < 0`, `ret <= -1`, `ret == -2`...) in its top-level `and`s?"""
+    stack = [where] if where is not None else []
+    while stack:
+        e = stack.pop()
+        if isinstance(e, n.Binary) and e.op == "and":
+            stack += [e.left, e.right]
+        elif isinstance(e, n.Binary) and isinstance(e.left, n.Name) and e.left.id == "ret":
+            v = e.right.value if isinstance(e.right, n.IntLit) else \
+                -e.right.operand.value if isinstance(e.right, n.Unary) and e.right.op == "-" and \
+                isinstance(e.right.operand, n.IntLit) else None
+            if v is not None and (e.op == "<" and v <= 0 or e.op in ("<=", "==") and v < 0):
+                return True
+    return False
+
+
+def probe_type(clause: n.Clause, hook=None) -> Type:
+    """The `probe` builtin: the name of the hook that fired (`kprobe:tcp_v4_connect`), a string as long as
+    the longest name in the clause's probe list: one constant per program, never read from the kernel.
+    hook: the clause's, where clause.hook is not set yet (a state store's quiet check)."""
+    texts = clause.group.texts if clause.group else [(hook or clause.hook).probe]
+    return T.string(max(len(utf8(t)) for t in texts) + 1)
+
+
+def _unify_group(clauses: list[n.Clause], diags: Diagnostics) -> None:
+    """The copies of a probe list share each aggregation's map and each emit's record: a key, value or
+    emitted field must have one type on every probe (integers widen, strings take the longest size), and a
+    name means the same on every probe: a hook's own field on all, or the builtin on all."""
+    said = set()
+    for c in clauses[1:]:
+        for e0, ei in zip(_clause_names(clauses[0]), _clause_names(c)):
+            builtin = [getattr(x.symbol, "kind", None) == "builtin" for x in (e0, ei)]
+            if builtin[0] != builtin[1] and id(e0) not in said:
+                said.add(id(e0))
+                field_on, builtin_on = (c, clauses[0]) if builtin[0] else (clauses[0], c)
+                diags.error(e0.span, f"'{e0.id}' is {field_on.hook.probe}'s own field but the builtin {e0.id} on "
+                            f"{builtin_on.hook.probe}: in a probe list a name means one thing on every probe",
+                            f"write {F.ARGS}.{e0.id} (where every probe has that field) or {F.CURRENT}.{e0.id} "
+                            "(the builtin)")
+    for j, first in enumerate(clauses[0].actions):
+        if isinstance(first, n.Aggregate):
+            cols = zip(*[[*c.actions[j].by, *c.actions[j].args[:1]] for c in clauses])
+        elif isinstance(first, n.Emit):
+            cols = zip(*[c.actions[j].values for c in clauses])
+        else:
+            continue
+        for col in cols:
+            tys = [e.ty for e in col]
+            if any(t is None for t in tys):
+                continue  # reported already
+            u = _unified(tys)
+            if u is None:
+                i = next(i for i in range(1, len(tys)) if _unified(tys[:i + 1]) is None)
+                j = 0 if _unified([tys[0], tys[i]]) is None else next(  # else a signed one before it, with a u64
+                    (j for j in range(i) if _unified([tys[j], tys[i]]) is None or tys[j].signed != tys[i].signed), 0)
+                if j:
+                    diags.error(col[0].span, f"'{_text(col[0])}' is {_a(tys[j])} on {clauses[j].hook.probe} but "
+                                f"{_a(tys[i])} on {clauses[i].hook.probe}: no integer type holds every value of "
+                                "both, and in a probe list each key, value and emitted field has one type on "
+                                "every probe", "split the clause, one per probe, or use a field both probes type alike")
+                    continue
+                diags.error(col[0].span, f"'{_text(col[0])}' is {_a(tys[0])} on {clauses[0].hook.probe} but "
+                            f"{_a(tys[i])} on {clauses[i].hook.probe}: in a probe list, each key, value and "
+                            "emitted field has one type on every probe",
+                            "split the clause, one per probe, or use a field both probes type alike")
+                continue
+            for e in col:
+                e.ty = u
+
+
+def _clause_names(c: n.Clause):
+    """Every name a clause reads (defs expanded), in one order for every copy of it."""
+    roots = [c.where] if c.where is not None else []
+    for a in c.actions:
+        if isinstance(a, n.Aggregate):
+            roots += [*a.args, *a.by]
+        elif isinstance(a, n.Emit):
+            roots += a.values
+        elif isinstance(a, n.Store):
+            roots += [a.target, *([a.value] if a.value is not None else []), *(v for _, v in a.fields)]
+        elif isinstance(a, n.Delete):
+            roots.append(a.target)
+    stack = list(reversed(roots))
+    while stack:
+        e = stack.pop()
+        if isinstance(e, n.Name):
+            yield e
+        expansion = getattr(e, "expansion", None)
+        stack += reversed(_children(e) + ([expansion] if expansion is not None else []))
+
+
+def _unified(tys: list[Type]) -> Type | None:
+    t0 = tys[0]
+    if all(t == t0 for t in tys):
+        return t0  # as it is (a __be16 stays one)
+    if any(t.kind != t0.kind for t in tys):
+        return None
+    if t0.kind == "int":
+        if len({t.display for t in tys}) > 1 and any(t.display in (T.NS, T.TS, T.HEX) for t in tys):
+            return None  # a duration, a timestamp or a pointer value is not another probe's plain integer
+        display = t0.display if len({t.display for t in tys}) == 1 else None
+        bits, signed = max(t.bits for t in tys), any(t.signed for t in tys)
+        if signed:  # one that holds every value of each: u32 and s32 make s64; u64 and a signed one, none
+            need = max([t.bits for t in tys if t.signed] + [t.bits + 1 for t in tys if not t.signed])
+            bits = next((b for b in (8, 16, 32, 64) if b >= need), 0)
+            if not bits:
+                return None
+        return T.INT(bits, signed, display, t0.cname if len({t.cname for t in tys}) == 1 else "")
+    if t0.kind == "str":
+        return T.string(max(t.size for t in tys))
+    if t0.kind == "addr":
+        return T.addr() if len({t.version for t in tys}) > 1 else t0
+    if t0.kind == "ptr" and len({t.cname for t in tys}) > 1:
+        return Type("ptr", cname="pointer")
+    return t0
+
+
 def _unit(t: Type) -> str | None:
     """'ns' for a duration, 'ts' for a timestamp, None for any other value."""
     return t.display if t.kind == "int" and t.display in (T.NS, T.TS) else None
@@ -1621,6 +1894,7 @@ def _text(e: n.Expr) -> str:
 
 def _did_you_mean(name: str, candidates) -> str | None:
     close = difflib.get_close_matches(name, list(candidates), n=3, cutoff=0.6)
+    close.sort(key=lambda c: sorted(c) != sorted(name))  # the same letters (pdi: pid, not pod) first
     return f"did you mean {' or '.join(repr(c) for c in close)}?" if close else None
 
 

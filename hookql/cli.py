@@ -548,8 +548,11 @@ def _print_hook(h: Hook, cat: Catalog) -> None:
             else:
                 out(f"    {f.name:<{w}}  {str(f.ty):<{tw}}  {f.doc} (also {ARGS}.{f.name}; not the builtin "
                     f"{f.name}, which is {CURRENT}.{f.name}: a bare `{f.name}` is this field, with a warning)")
-    if h.entry_args:
-        out("  (a kretprobe cannot read arguments: " + ", ".join(h.entry_args.values()) + ")")
+    if any(f.entry for f in h.fields.values()):
+        out("  (arguments and entry fields are read when the call began, saved per thread until it returns"
+            + ("; the user memory a saved pointer names (a string, a sockaddr) is read at the return"
+               if any(f.entry and (f.ty.user or f.source == "usockaddr") for f in h.fields.values()) else "")
+            + ")")
     if h.provider == "lsm":
         out(f"  Can deny: {'yes (with --enforce)' if h.can_deny else 'no, the hook returns void'}")
     if h.provider == "tracepoint":

@@ -20,9 +20,12 @@ class Field:
     source: str | None = None  # derived: sock | socket | sockaddr | skb
     recipe: str | None = None  # derived: family | saddr | daddr | sport | dport | addr | port | protocol | state
     offset: int | None = None  # tp: byte offset in the tracepoint record
+    # read when the function or syscall was entered, saved per thread until it returns: a kretprobe's arguments
+    # (under kprobes; fexit has them), a sys_exit_X tracepoint's sys_enter_X fields (offset: in that record)
+    entry: bool = False
 
 
-# The kernel stack of an event: only ever a `by` key.  The key holds the stack's id in a
+# The kernel stack of an event: a `by` key or an `emit` value, nothing else.  The key holds the stack's id in a
 # BPF_MAP_TYPE_STACK_TRACE map (or, when the kernel could not take it, -errno); the runtime prints the
 # frames symbolised (runtime/ksyms.py).  Not an integer: it cannot be compared, computed with or stored.
 KSTACK = Type("kstack", bits=64, signed=True, display="kstack", cname="kernel stack")
@@ -30,6 +33,19 @@ KSTACK = Type("kstack", bits=64, signed=True, display="kstack", cname="kernel st
 # (also raw), and LSM (a tracing program).  Every provider HookQL has, today; a new one (XDP, tc, cgroup
 # hooks: no kernel stack to speak of) must be added here explicitly.
 STACK_PROVIDERS = {"kprobe", "kretprobe", "tracepoint", "lsm"}
+# The wall-clock time of an event, for display only: an `emit` value and nothing else.  The record holds
+# bpf_ktime_get_boot_ns(); the runtime adds REALTIME - BOOTTIME, taken once at start (runtime/events.py), and
+# prints HH:MM:SS (local time, as bcc's tools' TIME column) in text, seconds since the epoch in JSON.  Not an
+# integer: it cannot be compared, computed with, stored or be a key (`ts` is the time to compute with).
+WALLTIME = Type("walltime", bits=64, display="walltime", cname="wall-clock time")
+
+# The task's cgroup v2 id (bpf_get_current_cgroup_id), printed by the runtime (runtime/cgroups.py) as the
+# cgroup's path, the container id or the pod uid the path names.  `cgroup` is an integer (`where cgroup == N`);
+# container and pod only print: a `by` key or an `emit` value, as themselves (the checker says so elsewhere).
+CGROUP = T.INT(64, display="cgroup")
+CONTAINER = T.INT(64, display="container")
+POD = T.INT(64, display="pod")
+CGROUP_VIEWS = ("container", "pod")  # builtins that are the cgroup id, resolved in user space only
 
 BUILTINS: dict[str, Field] = {
     f.name: f for f in (
@@ -39,10 +55,19 @@ BUILTINS: dict[str, Field] = {
         Field("uid", T.INT(32), "builtin", "real user id of the current task"),
         Field("gid", T.INT(32), "builtin", "real group id of the current task"),
         Field("cpu", T.INT(32), "builtin", "CPU the probe runs on"),
-        Field("cgroup", T.INT(64), "builtin", "cgroup v2 id of the current task"),
+        Field("cgroup", CGROUP, "builtin", "cgroup v2 id of the current task: compares as the id, prints as its path "
+              "(/system.slice/docker-<id>.scope)"),
+        Field("container", CONTAINER, "builtin", "container of the current task (docker, containerd, CRI-O, podman: "
+              "its id's first 12 hex digits; \"\" on the host), from the cgroup path: a `by` key or an `emit` value"),
+        Field("pod", POD, "builtin", "Kubernetes pod uid of the current task (\"\" outside a pod), from the cgroup "
+              "path: a `by` key or an `emit` value"),
         Field("ts", T.TIMESTAMP, "builtin", "monotonic time in nanoseconds (bpf_ktime_get_ns); ts - ts is a duration"),
-        Field("kstack", KSTACK, "builtin", "kernel stack of the event (bpf_get_stackid): a `by` key only, printed "
-              "symbolised from /proc/kallsyms"),
+        Field("kstack", KSTACK, "builtin", "kernel stack of the event (bpf_get_stackid): a `by` key or an `emit` "
+              "value, printed symbolised from /proc/kallsyms"),
+        Field("walltime", WALLTIME, "builtin", "wall-clock time of the event, for `emit` only: HH:MM:SS (local "
+              "time) in text, seconds since the epoch in JSON (bpf_ktime_get_boot_ns + the clock's offset)"),
+        Field("probe", T.string(64), "builtin", "name of the hook that fired (kprobe:tcp_v4_connect): tells the "
+              "probes of a list (`on A, B`) apart; a constant string in each program"),
     )
 }
 
@@ -116,11 +141,15 @@ def derived_fields(hook_name: str, sources: list[tuple[int, str, str]]) -> dict[
     def add(name, spec, idx, arg, src, recipe):
         if name not in out:
             ty, doc = spec
-            out[name] = Field(name, ty, "derived", f"{doc} (from {arg})", index=idx, source=src, recipe=recipe)
+            if src == USOCKADDR:  # idx: the pointer's offset in the tracepoint record
+                out[name] = Field(name, ty, "derived", f"{doc} (from {arg}, read from user memory)", offset=idx,
+                                  source=src, recipe=recipe)
+            else:
+                out[name] = Field(name, ty, "derived", f"{doc} (from {arg})", index=idx, source=src, recipe=recipe)
 
-    role = "dst" if "connect" in hook_name else "src" if "bind" in hook_name else None
+    role = "dst" if "connect" in hook_name or "sendto" in hook_name else "src" if "bind" in hook_name else None
     for idx, arg, src in sources:
-        if src != "sockaddr":
+        if src not in ("sockaddr", USOCKADDR):
             continue
         for name, spec in _SOCKADDR_FIELDS.items():
             add(name, spec, idx, arg, src, name)
@@ -139,3 +168,49 @@ def derived_fields(hook_name: str, sources: list[tuple[int, str, str]]) -> dict[
             for name, spec in _SKB_FIELDS.items():
                 add(name, spec, idx, arg, src, name)
     return out
+
+
+# -- a syscall's struct sockaddr *: user memory ------------------------------------------------------------
+# tracepoint:syscalls:sys_enter_{bind,connect,sendto}'s `struct sockaddr *` argument points into the calling
+# process: its family/addr/port (and daddr dport, saddr sport) are read with bpf_probe_read_user, never as
+# kernel memory; the pointer's own members are not offered.  accept, getsockname, getpeername and recvfrom
+# pass a buffer the kernel fills on the way out: at their entry it holds nothing to read, so no fields.
+USOCKADDR = "usockaddr"
+_USER_SOCKADDR_IN = {"sys_enter_bind", "sys_enter_connect", "sys_enter_sendto"}
+
+
+def _user_ptr(f: Field) -> bool:
+    return f.kind == "tp" and f.ty.kind == "int" and "*" in f.ty.cname
+
+
+def user_sockaddr_fields(hook_name: str, fields: list[Field]) -> dict[str, Field]:
+    """The typed fields of a syscall tracepoint's `struct sockaddr *` arguments (hook_name: "syscalls:NAME")."""
+    cat, _, name = hook_name.partition(":")
+    if cat != "syscalls" or name not in _USER_SOCKADDR_IN:
+        return {}
+    sources = [(f.offset, f.name, USOCKADDR) for f in fields
+               if _user_ptr(f) and f.ty.cname.replace(" ", "") in ("structsockaddr*", "conststructsockaddr*")]
+    return derived_fields(name, sources)
+
+
+def user_member_error(hook, sym) -> tuple[str, str] | None:
+    """(message, hint) for `.` on a syscall tracepoint's user pointer (`umyaddr.sa_family`) or on a field read
+    from one: its members are in the process's memory, never read as kernel memory."""
+    if hook.provider != "tracepoint" or not hook.name.startswith("syscalls:") or not isinstance(sym, Field):
+        return None
+    if sym.kind == "derived" and sym.source == USOCKADDR:
+        return (f"'{sym.name}' ({sym.ty}) is read from a sockaddr in user memory: it has no members",
+                f"use it as it is (`emit {sym.name}`, `count by {sym.name}`)")
+    if not _user_ptr(sym):
+        return None
+    typed = [f.name for f in hook.fields.values() if f.kind == "derived" and f.source == USOCKADDR
+             and f.offset == sym.offset]
+    msg = (f"'{sym.name}' ({sym.ty.cname.strip()}) points into the process's memory: its members are not read "
+           "(a user pointer is never dereferenced as kernel memory)")
+    if typed:
+        return msg, f"use the typed fields read from it with bpf_probe_read_user: {', '.join(typed)}"
+    if "sockaddr" in sym.ty.cname:
+        return msg, ("the kernel fills this sockaddr on the syscall's way out: at entry it holds nothing to read; "
+                     "family, addr and port are read from the sockaddr of " +
+                     ", ".join(f"tracepoint:syscalls:{n}" for n in sorted(_USER_SOCKADDR_IN)))
+    return msg, f"`hookql hooks -v tracepoint:{hook.name}` lists what this hook offers"

@@ -116,6 +116,8 @@ class Aggregate(Action):
     func_span: Span
     args: list[Expr]
     by: list[Expr]
+    alias: str | None = field(default=None, init=False)  # `as NAME`: its exported name (hookql serve)
+    alias_span: Span | None = field(default=None, init=False)
 
 
 @dataclass(eq=False)
@@ -160,6 +162,19 @@ class Clause(Node):
     where: Expr | None
     actions: list[Action]
     hook: Any = field(default=None, init=False, repr=False)  # catalog.Hook, set by the checker
+    # `on A, B { ... }`: every probe of the list, `probe` its first.  The checker makes one clause per probe
+    # (a copy of this one, `group` set), checked against its own hook; their aggregations and emits share maps.
+    probes: list[Probe] = field(default_factory=list)
+    group: Any = field(default=None, init=False, repr=False)  # ProbeGroup, set by the checker
+
+
+@dataclass(eq=False)
+class ProbeGroup:
+    """The clauses one probe list became: `texts` the hooks' names, in the list's order."""
+
+    texts: list[str]
+    written: str = ""  # the list as the script wrote it (wildcards unexpanded), for headers
+    first: "Clause | None" = None  # the copy whose aggregations and emits own the maps
 
 
 @dataclass(eq=False)

@@ -262,11 +262,16 @@ class _Build(Transformer):
         return ".".join(str(t) for t in c)
 
     def clause(self, meta, c):
-        probe_tok = c[0]
-        parts = str(probe_tok).split(":")
-        probe = n.Probe(self._tok(probe_tok), parts[0], parts[1:])
-        where = c[1] if len(c) == 3 else None
-        return n.Clause(self._span(meta), probe, where, c[-1])
+        probes = []
+        for tok in c:
+            if not isinstance(tok, Token):
+                break
+            parts = str(tok).split(":")
+            probes.append(n.Probe(self._tok(tok), parts[0], parts[1:]))
+        where = c[len(probes)] if len(c) == len(probes) + 2 else None
+        clause = n.Clause(self._span(meta), probes[0], where, c[-1])
+        clause.probes = probes
+        return clause
 
     def where(self, meta, c):
         return c[0]
@@ -279,13 +284,18 @@ class _Build(Transformer):
 
     def agg(self, meta, c):
         name = c[0]
-        args, by = [], []
+        args, by, alias = [], [], None
         for x in c[1:]:
             if isinstance(x, tuple) and x[0] == "args":
                 args = x[1]
             elif isinstance(x, tuple) and x[0] == "by":
                 by = x[1]
-        return n.Aggregate(self._span(meta), str(name), self._tok(name), args, by)
+            elif isinstance(x, Token):
+                alias = x
+        agg = n.Aggregate(self._span(meta), str(name), self._tok(name), args, by)
+        if alias is not None:
+            agg.alias, agg.alias_span = str(alias), self._tok(alias)
+        return agg
 
     def agg_args(self, meta, c):
         return ("args", list(c))

@@ -38,21 +38,21 @@ class Compiled:
     cached: bool
 
 
-def generate_c(checked: CheckedScript, func_mode: str = "kprobe") -> tuple[str, dict]:
-    """Checked script -> (BPF C, the runtime's decoding layout)."""
+def generate_c(checked: CheckedScript, func_mode: str = "kprobe", serve: bool = False) -> tuple[str, dict]:
+    """Checked script -> (BPF C, the runtime's decoding layout); serve: for `hookql serve` (codegen/ir.py)."""
     from hookql.codegen.ir import lower
     from hookql.codegen.render import render
 
-    prog = lower(checked, func_mode)
+    prog = lower(checked, func_mode, serve)
     sig_params = {i: [p.type for p in c.hook.sig.params] if c.hook.sig else []
                   for i, c in enumerate(checked.clauses)}
     c_source = render(prog, checked.kernel.btf, sig_params, checked.script.span.source.name)
     return c_source, prog.layout()
 
 
-def compile_checked(checked: CheckedScript, func_mode: str = "kprobe", out=None) -> Compiled:
+def compile_checked(checked: CheckedScript, func_mode: str = "kprobe", out=None, serve: bool = False) -> Compiled:
     from hookql.codegen.build import build
 
-    c_source, layout = generate_c(checked, func_mode)
+    c_source, layout = generate_c(checked, func_mode, serve)
     built = build(c_source, out)
     return Compiled(c_source, layout, built.object, built.name, built.path, built.cached)

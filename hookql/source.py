@@ -5,6 +5,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 
+def utf8(s: str) -> bytes:
+    """Text as the bytes a program compares and copies: UTF-8, with a name's or argument's undecodable bytes
+    (surrogateescape) back as they were, and any other lone surrogate (a `\\ud800` escape) as itself."""
+    try:
+        return s.encode("utf-8", "surrogateescape")
+    except UnicodeEncodeError:
+        return s.encode("utf-8", "surrogatepass")
+
+
 @dataclass(frozen=True)
 class Source:
     """A script's text and the name errors print for it (a path, `<stdin>`, `<repl>`)."""
@@ -13,6 +22,9 @@ class Source:
     text: str
     _lines: list[str] = field(default_factory=list, compare=False, repr=False)
     real: str | None = field(default=None, compare=False, repr=False)  # the real path of the file read, if one
+
+    def __deepcopy__(self, memo) -> "Source":
+        return self  # immutable: a copied clause (a probe list's) points at the same text
 
     @classmethod
     def from_path(cls, path: str | Path) -> "Source":
@@ -35,6 +47,9 @@ class Span:
     col: int
     end_line: int
     end_col: int
+
+    def __deepcopy__(self, memo) -> "Span":
+        return self
 
     def __repr__(self) -> str:
         return f"Span({self.source.name}:{self.line}:{self.col}-{self.end_line}:{self.end_col})"

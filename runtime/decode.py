@@ -54,8 +54,13 @@ def duration_text(ns: int) -> str:
 
 
 def display(value, kind: str | None):
-    """How a value prints: names for families, protocols, TCP states, errnos."""
+    """How a value prints: names for families, protocols, TCP states, errnos; a cgroup id as its path, the
+    container or the pod (runtime/cgroups.py)."""
     if isinstance(value, int):
+        if kind in ("cgroup", "container", "pod"):
+            from hookql.runtime import cgroups
+
+            return cgroups.display(value, kind)
         if kind in NAMES:
             return NAMES[kind].get(value, value)
         if kind == "errno" and value < 0 and -value in _errno.errorcode:
@@ -153,12 +158,12 @@ class MapReader:
                 row.key[name] = seen[sid]
 
     def _stack(self, fd: int, sid: int, ksyms):
-        from hookql.runtime.ksyms import KStack
+        from hookql.runtime.ksyms import KStack, stack_error
 
         key = ctypes.c_uint32(sid)
         buf = (ctypes.c_uint64 * self.STACK_DEPTH)()
         if self.l.bpf_map_lookup_elem(fd, ctypes.byref(key), buf) < 0:
-            return KStack(sid, error="ENOENT (not in the stack map)")
+            return KStack(sid, error=stack_error(_errno.ENOENT))
         return ksyms.stack(sid, list(itertools.takewhile(bool, buf)))  # frames end at the first 0
 
     def count_keys(self, fd: int, key_size: int) -> int:

@@ -10,10 +10,16 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 enum { K_UINT, K_SINT, K_STR, K_ADDR };
-enum { D_NONE, D_NAMES, D_HEX, D_DURATION };
+enum { D_NONE, D_NAMES, D_HEX, D_DURATION, D_WALLTIME, D_KSTACK, D_CGROUP, D_CONTAINER, D_POD };
+
+#define CGROUP_TEXT 4096 /* room for a cgroup id's text on the stack (PATH_MAX); longer: malloc */
+
+#define STACK_DEPTH 127 /* the stack map's value: this many addresses, unused ones 0 (codegen/templates/maps.c.j2) */
+#define FRAME_INDENT "        "
 
 struct hq_name {
 	int64_t value;
@@ -46,6 +52,24 @@ struct hq_out {
 	uint64_t events, bad; /* printed; could not be decoded (unknown id, short record) */
 	int32_t error;        /* errno of a failed write: output stops, the caller reports it */
 	uint32_t last;        /* the id of the record printed last (~0: none, or tables came between) */
+	/* walltime: the record holds bpf_ktime_get_boot_ns(); + wall_offset (REALTIME - BOOTTIME, taken once at
+	 * start) is nanoseconds since the epoch */
+	int64_t wall_offset;
+	/* emit kstack: the record holds a stack id in hq_stacks (or -errno); frames are read with lookup
+	 * (libbpf's bpf_map_lookup_elem) and symbolised with the kallsyms table (runtime/ksyms.py), sorted by
+	 * address; names as UTF-8 (invalid bytes already U+FFFD), NUL-separated in sym_names at sym_off[i] */
+	int32_t stack_fd;
+	int (*lookup)(int fd, const void *key, void *value);
+	const uint64_t *sym_addr;
+	const uint32_t *sym_off;
+	const char *sym_names;
+	uint64_t n_syms;
+	int64_t wall_sec; /* the second wall_text holds (-1: none yet) */
+	char wall_text[8];
+	/* cgroup, container, pod: the record holds a cgroup id; resolve writes its text (a path, a container id,
+	 * a pod uid: runtime/cgroups.py, called back in Python) to buf and returns its length (< 0: print the id).
+	 * Only records with such a value call it. */
+	int64_t (*resolve)(uint64_t id, uint32_t display, char *buf, uint32_t cap);
 };
 
 #define FLUSH_AT (64 * 1024)
@@ -223,13 +247,8 @@ static void put_text_char(struct hq_out *o, uint32_t cp, const uint8_t *raw, siz
 	}
 }
 
-static void put_str(struct hq_out *o, const uint8_t *s, size_t size)
+static void put_chars(struct hq_out *o, const uint8_t *s, size_t n)
 {
-	const uint8_t *nul = memchr(s, 0, size);
-	size_t n = nul ? (size_t)(nul - s) : size;
-
-	if (o->json)
-		put(o, "\"", 1);
 	for (size_t i = 0; i < n;) {
 		uint32_t cp;
 		size_t used = utf8_next(s + i, n - i, &cp);
@@ -239,6 +258,16 @@ static void put_str(struct hq_out *o, const uint8_t *s, size_t size)
 			put_text_char(o, cp, s + i, used);
 		i += used;
 	}
+}
+
+static void put_str(struct hq_out *o, const uint8_t *s, size_t size)
+{
+	const uint8_t *nul = memchr(s, 0, size);
+	size_t n = nul ? (size_t)(nul - s) : size;
+
+	if (o->json)
+		put(o, "\"", 1);
+	put_chars(o, s, n);
 	if (o->json)
 		put(o, "\"", 1);
 }
@@ -326,6 +355,181 @@ static void put_duration(struct hq_out *o, uint64_t v)
 	put(o, "ns", 2);
 }
 
+/* walltime: HH:MM:SS in local time in text (as bcc's tools' TIME column), seconds since the epoch with six
+ * decimals (microseconds, truncated) in JSON. */
+static void put_walltime(struct hq_out *o, uint64_t boot_ns)
+{
+	int64_t ns = (int64_t)boot_ns + o->wall_offset;
+	int64_t sec = ns >= 0 ? ns / 1000000000 : -((-ns + 999999999) / 1000000000);
+	uint64_t frac = (uint64_t)(ns - sec * 1000000000);
+
+	if (o->json) {
+		char d[7];
+		put_i64(o, sec);
+		d[0] = '.';
+		for (int i = 6, us = (int)(frac / 1000); i >= 1; i--, us /= 10)
+			d[i] = (char)('0' + us % 10);
+		put(o, d, 7);
+		return;
+	}
+	if (sec != o->wall_sec) {
+		time_t t = (time_t)sec;
+		struct tm tm;
+		if (o->wall_sec == -1)
+			tzset();
+		if (!localtime_r(&t, &tm))
+			memset(&tm, 0, sizeof(tm));
+		o->wall_text[0] = '0' + tm.tm_hour / 10 % 10, o->wall_text[1] = '0' + tm.tm_hour % 10;
+		o->wall_text[2] = ':';
+		o->wall_text[3] = '0' + tm.tm_min / 10 % 10, o->wall_text[4] = '0' + tm.tm_min % 10;
+		o->wall_text[5] = ':';
+		o->wall_text[6] = '0' + tm.tm_sec / 10 % 10, o->wall_text[7] = '0' + tm.tm_sec % 10;
+		o->wall_sec = sec;
+	}
+	put(o, o->wall_text, 8);
+}
+
+/* The symbol at or below ip: its index + 1, or 0 when none (bisect_right - 1, as runtime/ksyms.py). */
+static uint64_t sym_at(const struct hq_out *o, uint64_t ip)
+{
+	uint64_t lo = 0, hi = o->n_syms;
+
+	while (lo < hi) {
+		uint64_t mid = lo + (hi - lo) / 2;
+		if (o->sym_addr[mid] <= ip)
+			lo = mid + 1;
+		else
+			hi = mid;
+	}
+	return lo;
+}
+
+/* One frame as runtime/ksyms.py's KSyms.frame writes it: name+offset (decimal) of the symbol at or below
+ * the address, or the address in hex when no symbol covers it; the name escaped as any text. */
+static void put_frame(struct hq_out *o, uint64_t ip, uint64_t sym)
+{
+	if (o->json)
+		put(o, "\"", 1);
+	if (sym == 0) {
+		put(o, "0x", 2);
+		put_hex_digits(o, ip);
+	} else {
+		const char *name = o->sym_names + o->sym_off[sym - 1];
+		put_chars(o, (const uint8_t *)name, strlen(name));
+		put(o, "+", 1);
+		put_u64(o, ip - o->sym_addr[sym - 1]);
+	}
+	if (o->json)
+		put(o, "\"", 1);
+}
+
+/* emit kstack: in JSON a list of frames (null when there is no stack); in text, after the event's line,
+ * one frame a line, indented, then an empty line (as bpftrace's printf("%s\n", kstack)); no stack prints
+ * why (the field's names: -EEXIST -> [no stack: EEXIST (...)]).  0: done; -ENOMEM: out of memory. */
+static int put_stack(struct hq_out *o, const struct hq_field *f, const uint8_t *p)
+{
+	uint64_t ips[STACK_DEPTH];
+	int64_t id;
+	uint32_t key;
+	int n = 0;
+
+	memcpy(&id, p, 8);
+	if (id >= 0) {
+		key = (uint32_t)id;
+		memset(ips, 0, sizeof(ips));
+		if (!o->lookup || o->lookup(o->stack_fd, &key, ips) < 0)
+			id = -ENOENT; /* never removed during a run: not expected */
+	}
+	if (id >= 0)
+		while (n < STACK_DEPTH && ips[n])
+			n++; /* frames end at the first 0 */
+	if (o->json) {
+		if (id < 0) {
+			puts_(o, "null");
+			return 0;
+		}
+		put(o, "[", 1);
+	}
+	if (id < 0) {
+		const char *why = NULL;
+		for (uint32_t i = 0; i < f->n_names && !why; i++)
+			if (f->names[i].value == id)
+				why = f->names[i].text;
+		if (reserve(o, 64 + (why ? strlen(why) : 0)))
+			return -ENOMEM;
+		puts_(o, FRAME_INDENT);
+		if (why) {
+			puts_(o, why);
+		} else {
+			puts_(o, "[no stack: ");
+			put_i64(o, -id);
+			puts_(o, "]");
+		}
+		puts_(o, "\n\n");
+		return 0;
+	}
+	for (int i = 0; i < n; i++) {
+		uint64_t sym = sym_at(o, ips[i]);
+		size_t len = sym ? strlen(o->sym_names + o->sym_off[sym - 1]) : 0;
+		if (reserve(o, 6 * len + 64)) /* JSON escapes: up to 6 bytes a byte */
+			return -ENOMEM;
+		if (o->json)
+			puts_(o, i ? ", " : "");
+		else
+			puts_(o, FRAME_INDENT);
+		put_frame(o, ips[i], sym);
+		if (!o->json)
+			put(o, "\n", 1);
+	}
+	if (reserve(o, 4))
+		return -ENOMEM;
+	if (o->json)
+		put(o, "]", 1);
+	else
+		put(o, "\n", 1); /* an empty line ends the event */
+	return 0;
+}
+
+/* A cgroup id as its text (resolve), as a string: escaped, quoted in JSON; the id when there is no resolver.
+ * A text longer than the buffer here (a path deeper than PATH_MAX) is asked for again, whole.
+ * 0: done; -ENOMEM: out of memory. */
+static int put_cgroup(struct hq_out *o, const struct hq_field *f, const uint8_t *p)
+{
+	char small[CGROUP_TEXT], *text = small;
+	uint64_t id = 0;
+	int64_t n = -1;
+	int err = 0;
+
+	memcpy(&id, p, f->size < 8 ? f->size : 8);
+	if (o->resolve)
+		n = o->resolve(id, f->display, small, sizeof(small));
+	if (n < 0) {
+		put_u64(o, id); /* within what the record reserved for an integer */
+		return 0;
+	}
+	if (n > (int64_t)sizeof(small)) {
+		int64_t want = n;
+		text = malloc((size_t)want);
+		if (!text)
+			return -ENOMEM;
+		n = o->resolve(id, f->display, text, (uint32_t)want);
+		if (n < 0 || n > want)
+			n = n < 0 ? 0 : want;
+	}
+	if (reserve(o, 6 * (uint64_t)n + 2)) { /* JSON escapes: up to 6 bytes a byte */
+		err = -ENOMEM;
+	} else {
+		if (o->json)
+			put(o, "\"", 1);
+		put_chars(o, (const uint8_t *)text, (size_t)n);
+		if (o->json)
+			put(o, "\"", 1);
+	}
+	if (text != small)
+		free(text);
+	return err;
+}
+
 static void put_int(struct hq_out *o, const struct hq_field *f, const uint8_t *p)
 {
 	uint64_t u = 0;
@@ -335,6 +539,10 @@ static void put_int(struct hq_out *o, const struct hq_field *f, const uint8_t *p
 	if (f->kind == K_SINT && f->size < 8 && (u >> (8 * f->size - 1) & 1))
 		u |= ~0ULL << (8 * f->size);
 	s = (int64_t)u;
+	if (f->display == D_WALLTIME) {
+		put_walltime(o, u);
+		return;
+	}
 	if (f->display == D_NAMES) {
 		for (uint32_t i = 0; i < f->n_names; i++) {
 			if (f->names[i].value == (f->kind == K_SINT ? s : (int64_t)u)) {
@@ -420,9 +628,25 @@ int hq_ev_sample(void *ctx, void *data, size_t size)
 	for (uint32_t i = 0; i < r->n_fields; i++) {
 		const struct hq_field *f = &r->fields[i];
 		uint64_t from;
+		if (f->display == D_KSTACK && !o->json)
+			continue; /* text: under the line */
 		puts_(o, f->prefix);
 		from = o->len;
-		if (f->kind == K_STR)
+		if (f->display == D_KSTACK) {
+			/* the frames reserved their own room, out of what the record had reserved: again for the rest */
+			if (put_stack(o, f, rec + f->offset) || reserve(o, r->max_text)) {
+				o->error = ENOMEM;
+				return 0;
+			}
+			continue;
+		}
+		if (f->display >= D_CGROUP && f->display <= D_POD) {
+			/* as long as its text is: reserved for itself, then again for the rest of the record */
+			if (put_cgroup(o, f, rec + f->offset) || reserve(o, r->max_text)) {
+				o->error = ENOMEM;
+				return 0;
+			}
+		} else if (f->kind == K_STR)
 			put_str(o, rec + f->offset, f->size);
 		else if (f->kind == K_ADDR)
 			put_addr(o, rec + f->offset);
@@ -432,6 +656,20 @@ int hq_ev_sample(void *ctx, void *data, size_t size)
 			pad_to(o, from, f->width);
 	}
 	puts_(o, r->tail);
+	for (uint32_t i = 0; i < r->n_fields && !o->json; i++) {
+		const struct hq_field *f = &r->fields[i];
+		if (f->display != D_KSTACK)
+			continue;
+		if (reserve(o, strlen(f->prefix) + 1)) {
+			o->error = ENOMEM;
+			return 0;
+		}
+		puts_(o, f->prefix); /* text: "  kstack:\n" when the record has several stacks, else "" */
+		if (put_stack(o, f, rec + f->offset)) {
+			o->error = ENOMEM;
+			return 0;
+		}
+	}
 	o->events++;
 	if (o->fd >= 0 && o->len >= FLUSH_AT)
 		hq_ev_flush(o);

@@ -1,9 +1,10 @@
 """Kernel stacks as text: addresses symbolised from /proc/kallsyms, as bpftrace and tcpdrop print them.
 
-`count by kstack` keys hold a stack id in the program's BPF_MAP_TYPE_STACK_TRACE map (hq_stacks), or -errno
+`count by kstack` keys (and `emit kstack` values) hold a stack id in the program's BPF_MAP_TYPE_STACK_TRACE map (hq_stacks), or -errno
 when the kernel could not take the stack; runtime/decode.py reads the addresses of each id and this module
 turns each into `func+offset` (decimal offset, as bpftrace prints kstack).  /proc/kallsyms is read once per
-run, the first time a stack is printed.  An address no symbol covers prints as hex.
+run, the first time a stack is printed (for `emit kstack`, when the run starts: runtime/events.c prints
+those frames, from table()).  An address no symbol covers prints as hex.
 
 /proc/kallsyms is kernel text, and names in it come from modules anyone with the right to load one chose:
 the printers escape every frame (runtime/escape.py) like any other text.  Without root (kptr_restrict) the
@@ -39,7 +40,7 @@ class KStack:
         return None if self.error else list(self.frames)
 
 
-_ERRORS = {_errno.EEXIST: "EEXIST (its hash bucket held another stack)",
+_ERRORS = {_errno.EEXIST: "EEXIST (its hash bucket held another stack)", _errno.ENOENT: "ENOENT (not in the stack map)",
            _errno.ENOMEM: "ENOMEM (the stack map is full)", _errno.EFAULT: "EFAULT (the stack could not be walked)"}
 
 
@@ -79,6 +80,13 @@ class KSyms:
         syms.sort()
         self._addrs = [a for a, _ in syms]
         self._names = [n for _, n in syms]
+
+    def table(self) -> tuple[list[int], list[str]]:
+        """The symbols (addresses sorted, names), for the C event printer (runtime/events.c put_frame, which
+        writes a frame as frame() does)."""
+        if self._addrs is None:
+            self._load()
+        return self._addrs, self._names
 
     def frame(self, addr: int) -> str:
         if self._addrs is None:

@@ -64,6 +64,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__set_initial_value": (ctypes.c_int, [c_void_p, c_void_p, ctypes.c_size_t]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p]),
     "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p]),
+    "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p, ctypes.c_uint64]),
+    "bpf_map_delete_elem": (ctypes.c_int, [ctypes.c_int, c_void_p]),
+    "bpf_map_lookup_and_delete_elem": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p]),
+    "bpf_enable_stats": (ctypes.c_int, [ctypes.c_int]),
     # ring buffers
     "ring_buffer__new": (c_void_p, [ctypes.c_int, c_void_p, c_void_p, c_void_p]),
     "ring_buffer__poll": (ctypes.c_int, [c_void_p, ctypes.c_int]),

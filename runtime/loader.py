@@ -23,10 +23,10 @@ class LoadError(Exception):
 
 
 class Attached:
-    __slots__ = ("probe", "attach", "link", "prog_fd")  # not a dataclass: its import is a tenth of a warm start
+    __slots__ = ("probe", "attach", "link", "prog_fd", "func")  # not a dataclass: its import is a tenth of a warm start
 
-    def __init__(self, probe: str, attach: str, link: int, prog_fd: int = -1):
-        self.probe, self.attach, self.link, self.prog_fd = probe, attach, link, prog_fd
+    def __init__(self, probe: str, attach: str, link: int, prog_fd: int = -1, func: str = ""):
+        self.probe, self.attach, self.link, self.prog_fd, self.func = probe, attach, link, prog_fd, func
 
     @property
     def prog_id(self) -> int | None:
@@ -81,9 +81,13 @@ class BpfObject:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def close(self) -> None:
+    def detach(self) -> None:
+        """Destroy every link; the maps stay readable until close()."""
         while self.links:
             self.l.bpf_link__destroy(self.links.pop().link)
+
+    def close(self) -> None:
+        self.detach()
         if self.obj:
             self.l.bpf_object__close(self.obj)
             self.obj = 0
@@ -110,7 +114,7 @@ class BpfObject:
                 if agg["by"]:
                     m = self.l.bpf_object__find_map_by_name(self.obj, agg["map"].encode())
                     libbpf.check_int(self.l.bpf_map__set_max_entries(m, map_entries), "bpf_map__set_max_entries")
-            for st in self.layout.get("states", ()):  # state maps: the same size
+            for st in self.layout.get("states", []) + self.layout.get("entries", []):  # state maps: the same size
                 m = self.l.bpf_object__find_map_by_name(self.obj, st["map"].encode())
                 libbpf.check_int(self.l.bpf_map__set_max_entries(m, map_entries), "bpf_map__set_max_entries")
 
@@ -125,6 +129,7 @@ class BpfObject:
     # -- load and attach --
     def load(self) -> None:
         libbpf.messages.clear()
+        _enough_files(len(self.layout.get("probes", ())))
         ret = self.l.bpf_object__load(self.obj)
         if ret < 0:
             raise _map_error(-ret, self.layout, self.sizes) or _load_error(-ret, self.layout)
@@ -139,7 +144,7 @@ class BpfObject:
             link = self.l.bpf_program__attach(prog)
             if not link:
                 raise _attach_error(ctypes.get_errno(), p)
-            self.links.append(Attached(p["text"], p["attach"], link, fd))
+            self.links.append(Attached(p["text"], p["attach"], link, fd, p["func"]))
         return self.links
 
     def map_fd(self, name: str) -> int:
@@ -160,7 +165,7 @@ def _failed_probe(layout: dict) -> dict | None:
     import re
 
     for _, m in reversed(libbpf.messages):
-        hit = re.search(r"prog '(hq_probe\d+)'", m)
+        hit = re.search(r"prog '(hq_(?:probe|enter)\d+)'", m)  # hq_enterN: a return's entry program
         if hit:
             return next((p for p in layout["probes"] if p["func"] == hit[1]), None)
     return None
@@ -188,10 +193,10 @@ def _map_error(err: int, layout: dict, sizes: dict) -> LoadError | None:
     if name is None or err not in (errno.ENOMEM, errno.E2BIG, errno.EINVAL):
         return None
     agg = next((a for a in layout["aggregations"] if a["map"] == name), None)
-    st = next((s for s in layout.get("states", ()) if s["map"] == name), None)
+    st = next((s for s in layout.get("states", []) + layout.get("entries", []) if s["map"] == name), None)
     option = _MAP_OPTION.get(name) or ("--map-size" if agg and agg["by"] or st else None)
     what = (f"the map of `{agg['text']}` (line {agg['line']}, {name})" if agg
-            else f"state '{st['name']}' (line {st['line']}, {name})" if st
+            else f"state '{st.get('name') or st['text'] + ' entries'}' (line {st['line']}, {name})" if st
             else "the ring buffer of `emit` (hq_events)" if name == "hq_events" else f"map {name}")
     size = (f"{option} {sizes[option]}" if option in sizes
             else f"its default size ({_DEFAULT_SIZE[option]})" if option else "its size")
@@ -223,8 +228,30 @@ def _load_error(err: int, layout: dict) -> LoadError:
                      "this is a HookQL bug: please report it with the verifier log (-v)", _log(layout))
 
 
+def _enough_files(probes: int) -> None:
+    """Each probe holds up to three descriptors (its program, its link and, for a tracepoint, a perf event): a
+    probe list of a few hundred passes the usual soft limit of 1024 open files.  Raise the soft limit as far as
+    needed, within the hard limit."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = 3 * probes + 256  # and the maps, the ring buffer, libbpf's own
+    if soft == resource.RLIM_INFINITY or soft >= want:
+        return
+    new = want if hard == resource.RLIM_INFINITY else min(want, hard)
+    if new > soft:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (new, hard))
+        except (ValueError, OSError):
+            pass  # attaching says "Too many open files", with its hint
+
+
 def _attach_error(err: int, p: dict) -> LoadError:
     name = errno.errorcode.get(err, str(err))
+    if err == errno.EMFILE:
+        return LoadError(f"cannot attach {p['text']}: {libbpf.strerror(err)}",
+                         "each probe holds up to three open files (its program, link, perf event): raise the limit "
+                         "(`ulimit -n`), or attach fewer probes", _log())
     if p["attach"] in ("kprobe", "kretprobe") and not features.has_kprobes():
         return LoadError(f"cannot attach {p['text']}: this kernel has no kprobes (CONFIG_KPROBES)",
                          "run it on a kernel with kprobes, or where BPF trampolines work (fentry)", _log())

@@ -105,7 +105,9 @@ class Session:
         if self.layout["emits"]:
             from hookql.runtime.events import EventPrinter
 
-            self.events = EventPrinter(self.layout["emits"], self.opts.format, self.out, self.opts.emit_format)
+            stacks = (obj.map_fd("hq_stacks"), self.ksyms) if self.layout.get("kstack") else None  # emit kstack
+            self.events = EventPrinter(self.layout["emits"], self.opts.format, self.out, self.opts.emit_format,
+                                       stacks=stacks)
             rb = libbpf.check_ptr(l.ring_buffer__new(obj.map_fd("hq_events"), self.events.sample_fn,
                                                      self.events.ctx, None), "ring_buffer__new")
         try:
@@ -203,7 +205,11 @@ class Session:
         if stats.get("kstack_failed"):
             lost.append(f"{stats['kstack_failed']} events had no kernel stack (counted under `[no stack: ...]`): "
                         "the stack map was full (raise --map-size) or its hash bucket held another stack")
-        if stats.get("user_read_failed"):
+        if stats.get("user_read_failed") and self.layout.get("user_sockaddr"):
+            lost.append(f"{stats['user_read_failed']} user strings or sockaddrs could not be read (a NULL pointer, "
+                        "or a page not in memory yet): a string reads as \"\", a sockaddr as family AF_UNSPEC, "
+                        "addr and port 0")
+        elif stats.get("user_read_failed"):
             lost.append(f"{stats['user_read_failed']} user strings could not be read (a NULL pointer, or a page "
                         "not in memory yet) and read as \"\"")
         if self.layout.get("kstack") and self.ksyms.note:
@@ -213,39 +219,49 @@ class Session:
                         "a HookQL bug; please report it")
         for msg in lost:
             self.err.write(f"hookql: warning: {msg}\n")
-        if self.layout.get("states"):
+        if self.layout.get("states") or self.layout.get("entries"):
             self._state_report(obj, stats)
 
     def _state_report(self, obj: BpfObject, stats: dict[str, int]) -> None:
         """Each state map at exit: new keys stored, deleted, entries left (none when every clause that
         stores has a clause that deletes), and evicted.  A state map is an LRU hash: the kernel does
-        not count what it evicts, so evicted = new keys stored - deleted - left at exit."""
+        not count what it evicts, so evicted = new keys stored - deleted - left at exit.  The same for
+        the maps that carry a call's entry to its return (a kretprobe's arguments, a sys_exit's sys_enter
+        fields), with the returns that found no entry."""
         from hookql.runtime.decode import MapReader
         from hookql.runtime.escape import escape_text
 
         reader = MapReader()
-        for st in self.layout["states"]:
-            stored, deleted, failed = (stats.get(f"{st['map']}_{k}", 0) for k in ("inserts", "deletes", "failed"))
+        for st in self.layout.get("states", []) + self.layout.get("entries", []):
+            entry = "exit" in st
+            stored, deleted, failed, missing = (stats.get(f"{st['map']}_{k}", 0)
+                                                for k in ("inserts", "deletes", "failed", "missing"))
             left = reader.count_keys(obj.map_fd(st["map"]), st["key_size"])
             evicted = max(0, stored - deleted - left)
-            name = escape_text(st["name"])
+            what = (f"entries of {escape_text(st['text'])} for {escape_text(st['exit'])}" if entry
+                    else f"state '{escape_text(st['name'])}'")
             if self.opts.format == "json":
                 import json
 
-                self.out.write(json.dumps({"state": st["name"], "line": st["line"], "stored": stored,
-                                           "deleted": deleted, "entries": left, "evicted": evicted,
-                                           "failed": failed}) + "\n")
+                head = {"entry": st["text"], "exit": st["exit"]} if entry else {"state": st["name"]}
+                self.out.write(json.dumps({**head, "line": st["line"], "stored": stored, "deleted": deleted,
+                                           "entries": left, "evicted": evicted, "failed": failed,
+                                           **({"missing": missing} if entry else {})}) + "\n")
                 self.out.flush()
             else:
-                self.err.write(f"hookql: state '{name}' (line {st['line']}): {stored} stored, {deleted} deleted, "
-                               f"{left} left at exit\n")
+                self.err.write(f"hookql: {what} (line {st['line']}): {stored} stored, {deleted} "
+                               f"{'taken' if entry else 'deleted'}, {left} left at exit\n")
             if evicted:
-                self.err.write(f"hookql: warning: {evicted} entries of state '{name}' (line {st['line']}) were "
-                               "evicted: the map was full (its least recently used entries made room); raise "
-                               "--map-size, or delete entries once read\n")
+                self.err.write(f"hookql: warning: {evicted} {what} (line {st['line']}) were evicted: the map was "
+                               "full (its least recently used entries made room); raise --map-size"
+                               f"{'' if entry else ', or delete entries once read'}\n")
             if failed:
-                self.err.write(f"hookql: warning: {failed} stores into state '{name}' (line {st['line']}) were "
-                               "refused by the kernel (out of memory for the map); raise --map-size\n")
+                self.err.write(f"hookql: warning: {failed} stores of {what} (line {st['line']}) were refused by "
+                               "the kernel (out of memory for the map); raise --map-size\n")
+            if missing:
+                self.err.write(f"hookql: warning: {missing} returns of {escape_text(st['exit'])} (line {st['line']}) "
+                               "found no saved entry (the call began before the probe attached, or its entry was "
+                               "evicted or refused): the clause did not see them\n")
 
 
 class IntervalReader:
@@ -272,14 +288,6 @@ class IntervalReader:
         self.reader = reader
         self.l = reader.l
         self.prev: dict[tuple[str, bytes], object] = {}
-        self._declare()
-
-    def _declare(self) -> None:
-        vp = ctypes.c_void_p
-        for fn in ("bpf_map_lookup_and_delete_elem", "bpf_map_update_elem", "bpf_map_delete_elem"):
-            f = getattr(self.l, fn)
-            f.restype = ctypes.c_int
-            f.argtypes = [ctypes.c_int, vp, vp] + ([ctypes.c_uint64] if fn == "bpf_map_update_elem" else [])
 
     def rows(self, fd: int, agg: dict) -> list:
         from hookql.runtime.decode import Row, decode_key
@@ -328,7 +336,7 @@ class IntervalReader:
             if -ret not in (errno.EINVAL, errno.EOPNOTSUPP, 524):  # 524: the kernel's ENOTSUPP
                 return None  # gone already
             vals = self.reader.values(fd, key, vsize, agg["per_cpu"])
-            self.l.bpf_map_delete_elem(fd, key, None)
+            self.l.bpf_map_delete_elem(fd, key)
             return vals
         raw = buf.raw
         return [raw[i * stride: i * stride + vsize] for i in range(n)]

@@ -200,6 +200,7 @@ def kernels(k618, tracefs, running):
 @example(kind="tp", name="a*/\n#include \"/etc/shadow\"\n/*/x.hq", s='";\n#include "x"\n', t="*/ ??/\\")
 @example(kind="lsm", name="\udcff.hq", s="h\u00e9llo", t="\x1b[31m")
 @example(kind="tp", name="a*\\\n/\n#include \"x\"\n/*", s="*\\", t="\n/")  # a splice closing the comment
+@example(kind="tp", name="x.hq", s="", t="\ud800")  # a lone surrogate (once a traceback in the checker)
 def test_hostile_text_changes_nothing_outside_literals_and_comments(kernels, kind, name, s, t):
     k = kernels[kind]
     hostile = c_of(script(kind, s, t), k, name)

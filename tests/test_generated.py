@@ -25,12 +25,17 @@ import traceback
 from functools import cache
 from pathlib import Path
 
-from hookql.fields import ARGS, CURRENT, shadowed_builtins
+from hookql.fields import ARGS, CGROUP_VIEWS, CURRENT, shadowed_builtins
 
 HOOKS = ["syscalls:sys_enter_getsockopt", "syscalls:sys_enter_connect", "syscalls:sys_enter_kill",
          "syscalls:sys_exit_read", "sched:sched_process_exec", "sock:inet_sock_set_state",
          "tcp:tcp_retransmit_skb", "net:netif_receive_skb", "skb:kfree_skb",
-         "syscalls:sys_enter_openat"]  # filename: a user string (bpf_probe_read_user_str)
+         "syscalls:sys_enter_openat",  # filename: a user string (bpf_probe_read_user_str)
+         # family addr port, saddr sport / daddr dport: a struct sockaddr * read from user memory
+         "syscalls:sys_enter_bind", "syscalls:sys_enter_sendto",
+         # a sys_exit_X sees sys_enter_X's fields, saved per thread at entry: integers (sys_exit_read's fd,
+         # count; sys_exit_kill's pid, a builtin's name), a user string and user sockaddrs read at the exit
+         "syscalls:sys_exit_kill", "syscalls:sys_exit_openat", "syscalls:sys_exit_bind", "syscalls:sys_exit_connect"]
 AGGS = ["count", "sum", "avg", "min", "max", "hist", "lhist"]
 INT_OPS = ["+", "-", "*", "/", "%", "&", "|", "^", "<<", ">>"]
 CMP_OPS = ["==", "!=", "<", "<=", ">", ">="]
@@ -42,6 +47,18 @@ NETS = ["10.0.0.0/8", "192.168.0.0/16", "127.0.0.0/8", "0.0.0.0/0", "fe80::/10",
         "10.1.2.3/32", "2001:db8::/32"]
 INTS = [0, 1, 2, 3, 7, 10, 255, 256, 1000, 4444, 65535, 65536, 2**31 - 1, 2**31, 2**32 - 1, 2**32, 2**63 - 1, -1,
         -2, -1000, -(2**31), -(2**63)]
+# Probe lists (`on A, B { ... }`, tracepoint wildcards): tracepoints that share fields, as README's "Probe lists"
+# says (a field of every probe, typed alike; the `probe` builtin tells them apart).  Wildcards are expanded here
+# too, to know the fields their matches share.
+GROUPS = [["syscalls:sys_enter_getpgid", "syscalls:sys_enter_getsid"],  # pid
+          ["syscalls:sys_enter_getsockopt", "syscalls:sys_enter_setsockopt"],  # fd level optname
+          ["syscalls:sys_enter_connect", "syscalls:sys_enter_bind"],  # fd addrlen, family addr port (user sockaddr)
+          ["syscalls:sys_enter_read", "syscalls:sys_enter_write", "syscalls:sys_enter_pread64"],  # fd buf count
+          ["syscalls:sys_exit_bind", "syscalls:sys_exit_connect"],  # ret, and the entry's fields saved per thread
+          ["syscalls:sys_enter_openat", "sched:sched_process_exec"],  # filename: a user string, a __data_loc one
+          ["sock:inet_sock_set_state", "tcp:tcp_retransmit_skb"],  # skaddr saddr daddr sport dport family
+          ["syscalls:sys_enter_getp*"], ["syscalls:sys_enter_get*id", "syscalls:sys_exit_getppid"], ["sock:*"],
+          ["syscalls:sys_enter_kill", "syscalls:sys_enter_tkill", "syscalls:sys_enter_tgkill"]]  # sig; pid: some
 STATE_KEYS = [("pid", "one"), ("tid", "one"), ("comm", "one"), ("cpu", "one"), ("pid, comm", "two"),
               ("uid, tid", "two")]
 KCONSTS = ["AF_INET", "AF_INET6", "EPERM", "IPPROTO_TCP", "SOCK_STREAM", "TCP_ESTABLISHED", "SO_RCVBUF"]
@@ -69,6 +86,48 @@ def hooks() -> dict[str, dict[str, tuple]]:
                        if f.ty.kind in ("int", "str", "addr")})
         if fields:
             out[name] = fields
+    return out
+
+
+@cache
+def groups() -> list[tuple[list[str], dict[str, tuple]]]:
+    """(the probes as written, the fields every probe of the group has alike) for the GROUPS of this kernel."""
+    from fnmatch import fnmatchcase
+
+    from hookql import kernel as K
+    from hookql.catalog import Catalog, tracepoint_list
+
+    kern, cat = K.running(), Catalog.load()
+    tps = [f"{c}:{e}" for c, e in tracepoint_list(kern)[0]]
+    out = []
+    for group in GROUPS:
+        names = [t for g in group for t in (sorted(x for x in tps if fnmatchcase(x, g)) if "*" in g else [g])]
+        try:
+            hs = [cat.resolve("tracepoint", name.split(":"), kern) for name in names]
+        except Exception:
+            continue
+        if not hs or len(names) > 64 or len(set(names)) < len(names):
+            continue
+        per = []
+        for h in hs:  # name -> (shape, is the builtin): a bare name must mean the same on every probe
+            fs = {}
+            for f in [*h.fields.values(), *shadowed_builtins(h.fields).values()]:
+                if f.ty.kind in ("int", "str", "addr"):
+                    shape = ((f.ty.kind, f.ty.bits, f.ty.signed, f.ty.size), f.ty.display, f.kind == "builtin")
+                    fs.setdefault(f.name, shape)
+                    fs[f"{CURRENT if f.kind == 'builtin' else ARGS}.{f.name}"] = shape
+            per.append(fs)
+
+        def alike(shapes) -> bool:  # what the checker unifies: strings of any size, integers of one display
+            (k0, *_), d0, b0 = shapes[0]
+            if any(k != k0 or d != d0 or b != b0 for (k, *_), d, b in shapes):
+                return False
+            ints = [sh for sh, _, _ in shapes if sh[0] == "int"]
+            return not (any(sh[2] for sh in ints) and any(sh[1] == 64 and not sh[2] for sh in ints))
+
+        common = {n: per[0][n][0] for n in per[0] if all(n in fs for fs in per) and alike([fs[n] for fs in per])}
+        if common:
+            out.append((group, common))
     return out
 
 
@@ -107,6 +166,7 @@ class _Gen:
         self.addr_defs: list[str] = []  # addr -> bool
         self.fields: dict[str, tuple] = {}
         self.states: list[str] = []
+        self.probe_names: list[str] = []  # a probe list's hooks, for `probe == "tracepoint:..."`
         self.ts_states: list[tuple[str, str]] = []
 
     # -- pieces --
@@ -130,8 +190,10 @@ class _Gen:
         return r.choice(KCONSTS)
 
     def fields_of(self, kind: str) -> list[str]:
-        # ts is a timestamp, not a plain integer: it appears in dur_expr
-        return [f for f, (k, *_) in self.fields.items() if k == kind and f != "ts"]
+        # ts is a timestamp, not a plain integer: it appears in dur_expr; container and pod only print (a `by`
+        # key or an `emit` value, as themselves: by_key, emit_value)
+        return [f for f, (k, *_) in self.fields.items() if k == kind and f != "ts"
+                and f.rpartition(".")[2] not in CGROUP_VIEWS]
 
     # -- time and state across probes --
     def dur_lit(self) -> str:
@@ -171,6 +233,11 @@ class _Gen:
         value = r.int(0, 3)
         h1, h2 = r.choice(sorted(hooks())), r.choice(sorted(hooks()))
         self.fields = hooks()[h1]
+        head = f"tracepoint:{h1}"
+        if groups() and r.chance(0.25):  # the store in a probe list; the read in another clause
+            head = self.probe_list()
+            if "pid" not in self.fields:  # a field on some of its probes: the builtin, spelled out
+                key = key.replace("pid", "current.pid")
         where = f" where {self.cond(1)}" if r.chance(0.5) else ""
         if value == 0:
             store, read = f"{name}[{key}] = ts", None
@@ -180,7 +247,8 @@ class _Gen:
             store, read = f"{name}[{key}] = {self.int_expr(1)}", f"{name}[{key}]"
         else:
             store, read = f"{name}[{key}] = comm", f"{name}[{key}]"
-        first = f"on tracepoint:{h1}{where} {{ {store}; {self.action()} }}"
+        first = f"on {head}{where} {{ {store}; {self.action()} }}"
+        self.probe_names = []
         self.fields = hooks()[h2]
         if value == 0:
             self.ts_states.append((name, key))
@@ -239,6 +307,11 @@ class _Gen:
     def atom_cond(self, depth: int) -> str:
         r = self.r
         strs, addrs = self.fields_of("str"), self.fields_of("addr")
+        if self.probe_names and r.chance(0.15):  # which probe of the list fired
+            names = [f'"tracepoint:{n}"' for n in self.probe_names] + ['"kprobe:x"', '""']
+            if r.chance(0.5):
+                return f"{r.choice(['probe', 'current.probe'])} {r.choice(['==', '!='])} {r.choice(names)}"
+            return f"probe {r.choice(['in', 'not in'])} {{{', '.join(r.choice(names) for _ in range(r.int(1, 3)))}}}"
         k = r.int(0, 11)
         if k == 0 and strs:
             rhs = r.choice(self.str_consts) if self.str_consts and r.chance(0.3) else self.string()
@@ -288,7 +361,7 @@ class _Gen:
         r = self.r
         k = r.int(0, 9)
         if k == 9:
-            return "emit " + ", ".join(self.key() for _ in range(r.int(1, 5)))
+            return "emit " + ", ".join(self.emit_value() for _ in range(r.int(1, 5)))
         f = r.choice(AGGS)
         if f == "count":
             text = "count"
@@ -304,10 +377,24 @@ class _Gen:
         return text
 
     def by_key(self) -> str:
-        """A `by` key: a key, or the event's kernel stack (kstack, current.kstack: a by key only)."""
+        """A `by` key: a key, or the event's kernel stack (kstack, current.kstack: a by key or an emit value);
+        now and then walltime, which a person might try (an error: it is for `emit` only)."""
         r = self.r
         if r.chance(0.12):
             return r.choice(["kstack", "kstack", "current.kstack"])
+        if r.chance(0.01):
+            return "walltime"
+        if r.chance(0.06):  # the cgroup id, printed as its path or as the container or pod the path names
+            return r.choice(["container", "pod", "current.container", "cgroup", "current.pod"])
+        return self.key()
+
+    def emit_value(self) -> str:
+        """An `emit` value: a key, the wall-clock time (walltime, current.walltime) or the kernel stack."""
+        r = self.r
+        if r.chance(0.15):
+            return r.choice(["walltime", "walltime", "current.walltime", "kstack", "current.kstack"])
+        if r.chance(0.06):
+            return r.choice(["container", "pod", "cgroup", "current.container"])
         return self.key()
 
     # -- items --
@@ -348,11 +435,21 @@ class _Gen:
             self.lines.append("def private(a) = a in 10.0.0.0/8 or a in 192.168.0.0/16 or a == ::1")
             self.addr_defs.append("private")
 
+    def probe_list(self) -> str:
+        """A probe list (`tracepoint:A, t:B`, wildcards as they are), self.fields what its probes share."""
+        r = self.r
+        group, self.fields = r.choice(groups())
+        self.probe_names = [g for g in group if "*" not in g]
+        return ", ".join(f"{r.choice(['tracepoint', 't'])}:{g}" for g in group)
+
     def clause(self) -> str:
         r = self.r
         hook = r.choice(sorted(hooks()))
         self.fields = hooks()[hook]
         provider = r.choice(["tracepoint", "t"])
+        self.probe_names = []
+        if groups() and r.chance(0.25):
+            provider, hook = self.probe_list().split(":", 1)
         where = f" where {self.cond(r.int(0, 3))}" if r.chance(0.7) else ""
         acts = [self.action() for _ in range(r.int(1, 4))]
         sep = r.choice(["; ", "\n    "])

@@ -26,17 +26,17 @@ def test_tcpdrop_example_checks(running):
 @pytest.mark.parametrize("script", [
     f"on {TP} where kstack == 0 {{ count }}",
     f"on {TP} where kstack in {{1, 2}} {{ count }}",
-    f"on {TP} {{ emit kstack }}",
-    f"on {TP} {{ emit pid, kstack }}",
+    f"on {TP} {{ emit kstack + 1 }}",
+    f"on {TP} {{ emit pid, -kstack }}",
     f"on {TP} {{ sum(kstack) }}",
     f"on {TP} {{ count by kstack + 1 }}",
     f"on {TP} {{ st[pid] = kstack }}",
     f"on {TP} {{ hist(current.kstack) }}",
 ])
-def test_kstack_is_a_by_key_only(running, script):
+def test_kstack_is_a_by_key_or_emit_value_only(running, script):
     e = one_error(script, running)
-    assert "kstack is a kernel stack: it can only be a `by` key" in e.message
-    assert "count by kstack" in e.hint
+    assert "kstack is a kernel stack: it can only be a `by` key of an aggregation or an `emit` value" in e.message
+    assert "count by kstack" in e.hint and "emit comm, kstack" in e.hint
     col = (script.index("current.kstack") if "current.kstack" in script else script.index("kstack")) + 1
     assert e.span.line == 1 and e.span.col == col
 
@@ -46,6 +46,8 @@ def test_kstack_is_a_by_key_only(running, script):
     f"on {TP} {{ count by current.kstack, reason }}",
     f"on {TP} {{ hist(len) by kstack }}" .replace("len", "protocol"),
     "on tracepoint:syscalls:sys_enter_getsockopt { max(optlen) by comm, kstack }",
+    f"on {TP} {{ emit kstack }}",
+    f"on {TP} {{ emit pid, current.kstack, reason }}",
 ])
 def test_kstack_keys_check(running, script):
     assert not errors(script, running)

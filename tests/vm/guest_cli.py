@@ -13,6 +13,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 HOOKQL = sys.argv[1:]
@@ -25,6 +26,49 @@ TYPED = ('on kprobe:tcp_connect where comm == "hqmix" { emit comm, family, daddr
 SCRIPTS = {"design_card": ["run", os.path.join(REPO, "examples", "design_card.hq")],
            "typed": ["run", "-e", TYPED]}
 
+# kretprobes that read their arguments (saved at entry), and a probe list: examples/tcpconnect.hq and
+# tcpaccept.hq narrowed to one comm, and tcp_sendmsg's size at its return; bpftrace 0.17 alongside.
+TCP = "hqtcp"
+N4, N6 = 3, 2  # connects (each accepted, each sending once) over IPv4 and IPv6
+SIZES = [100, 2000, 100, 7, 30000]  # the bytes each connection sends, in one send(2)
+WAIT = "hqwait"  # blocked in accept(2) before the probes attach, then accepts once more
+WAIT_CONNECTS = 2  # connects to hqwait's listener, from this process
+
+
+def _narrowed(example: str, where: str) -> str:
+    with open(os.path.join(REPO, "examples", f"{example}.hq"), encoding="utf-8") as f:
+        text = f.read()
+    assert text.count(where) == 1, (example, where)
+    return text.replace(where, f'{where} and comm == "{TCP}"')
+
+
+def tcp_scripts() -> dict[str, str]:
+    """name -> script text, run with -e (the host compiles the same texts)."""
+    return {"tcpconnect": _narrowed("tcpconnect", "where retval == 0"),
+            "tcpaccept": _narrowed("tcpaccept", "where retval != 0"),
+            # an argument by value; and a call under way when the probes attach (its return is not seen)
+            "args": f'on kretprobe:tcp_sendmsg where comm == "{TCP}" {{ sum(size); count by retval }}\n'
+                    f'on kretprobe:inet_csk_accept where comm == "{WAIT}" {{ count by flags }}'}
+
+
+# one block per probe: bpftrace 0.17 runs one of two blocks on the same kretprobe twice and the other never
+BPFTRACE = f"""
+kprobe:tcp_v4_connect, kprobe:tcp_v6_connect /comm == "{TCP}"/ {{ @sk[tid] = arg0; }}
+kretprobe:tcp_v4_connect /@sk[tid]/ {{
+  $p = ((struct sock *)@sk[tid])->__sk_common.skc_dport;
+  @connect[4, retval] = count(); @dport[($p >> 8) | (($p & 0xff) << 8)] = count(); delete(@sk[tid]);
+}}
+kretprobe:tcp_v6_connect /@sk[tid]/ {{
+  $p = ((struct sock *)@sk[tid])->__sk_common.skc_dport;
+  @connect[6, retval] = count(); @dport[($p >> 8) | (($p & 0xff) << 8)] = count(); delete(@sk[tid]);
+}}
+kretprobe:inet_csk_accept /comm == "{TCP}" || comm == "{WAIT}"/ {{
+  @accept[comm, ((struct sock *)retval)->__sk_common.skc_num] = count();
+}}
+kprobe:tcp_sendmsg /comm == "{TCP}"/ {{ @size = sum(arg2); }}
+kretprobe:tcp_sendmsg /comm == "{TCP}"/ {{ @sent[retval] = count(); }}
+"""
+
 
 def start(args: list[str]) -> subprocess.Popen:
     p = subprocess.Popen(HOOKQL + args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
@@ -34,6 +78,43 @@ def start(args: list[str]) -> subprocess.Popen:
         if not line and p.poll() is not None:
             raise RuntimeError(f"hookql exited {p.returncode}: {p.stderr.read()}")
     return p
+
+
+def start_all(cmds: dict[str, list[str]], flags: str) -> dict[str, subprocess.Popen]:
+    """Start every command at once (their start-ups overlap), then wait until each has attached: hookql says
+    `Attached` on stderr once it has; bpftrace prints `Attaching N probes...` before it attaches, so it runs
+    bpftrace_child (-c), which it starts only once every probe is attached, and which says so in FLAGS."""
+    procs = {k: subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+             for k, c in cmds.items()}
+    deadline = time.monotonic() + 600
+
+    def failed(k, p, why=None):
+        for q in procs.values():
+            q.kill()
+        raise RuntimeError(f"{k} {why or f'exited {p.returncode}'}: {p.stderr.read()[-2000:]}")
+
+    for k, p in procs.items():
+        if cmds[k][0] == "bpftrace":
+            while not os.path.exists(os.path.join(flags, "ready")) and time.monotonic() < deadline:
+                if p.poll() is not None:
+                    failed(k, p)
+                time.sleep(0.1)
+            if not os.path.exists(os.path.join(flags, "ready")):
+                failed(k, p, "had not attached after 600s")
+            continue
+        line = ""
+        while "Attached" not in line and time.monotonic() < deadline:
+            line = p.stderr.readline()
+            if not line and p.poll() is not None:
+                failed(k, p)
+    return procs
+
+
+def bpftrace_child(flags: str) -> None:
+    """bpftrace's -c command: says bpftrace is attached, then waits for the go to end (bpftrace ends with it)."""
+    open(os.path.join(flags, "ready"), "w").close()
+    while not os.path.exists(os.path.join(flags, "go")):
+        time.sleep(0.1)
 
 
 def stop(p: subprocess.Popen, sig=signal.SIGTERM) -> tuple[int, str, str]:
@@ -85,6 +166,79 @@ def scenario_mixed(name: str) -> dict:
             "output": [json.loads(l) for l in out.splitlines() if l.startswith("{")]}
 
 
+def tcp_workload(l4, l6) -> list[dict]:
+    """N4 IPv4 and N6 IPv6 connects, each accepted and sending SIZES[i] bytes once, as comm hqtcp (in a
+    thread-free child); what each connection was, as the sockets say."""
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).prctl(15, TCP.encode(), 0, 0, 0)
+        conns = []
+        for i, (family, lst) in enumerate([(socket.AF_INET, l4)] * N4 + [(socket.AF_INET6, l6)] * N6):
+            c = socket.socket(family)
+            c.connect(lst.getsockname()[:2])
+            a, _ = lst.accept()
+            sent = c.send(b"x" * SIZES[i])
+            conns.append({"pid": os.getpid(), "family": "AF_INET" if family == socket.AF_INET else "AF_INET6",
+                          "client": list(c.getsockname()[:2]), "server": list(a.getsockname()[:2]), "sent": sent})
+            c.close()
+            a.close()
+        os.write(w, json.dumps(conns).encode())
+        os._exit(0)
+    os.close(w)
+    with os.fdopen(r) as f:
+        conns = json.loads(f.read())
+    os.waitpid(pid, 0)
+    return conns
+
+
+def blocked_accepter(lst) -> tuple[int, str]:
+    """A child (comm hqwait) that accepts WAIT_CONNECTS times on lst; returns once it sleeps in the first: its pid
+    and where it sleeps (/proc/PID/wchan)."""
+    pid = os.fork()
+    if pid == 0:
+        ctypes.CDLL(None).prctl(15, WAIT.encode(), 0, 0, 0)
+        for _ in range(WAIT_CONNECTS):
+            lst.accept()[0].close()
+        os._exit(0)
+    wchan, deadline = "", time.monotonic() + 120
+    while "accept" not in wchan and "wait_for_connect" not in wchan and time.monotonic() < deadline:
+        time.sleep(0.1)
+        with open(f"/proc/{pid}/wchan") as f:
+            wchan = f.read()
+    return pid, wchan
+
+
+def scenario_tcp() -> dict:
+    l4 = listener(socket.AF_INET, ("127.0.0.1", 0))
+    l6 = listener(socket.AF_INET6, ("::1", 0))
+    lw = listener(socket.AF_INET, ("127.0.0.1", 0))
+    waiter, wchan = blocked_accepter(lw)
+    cmds = {name: HOOKQL + ["run", "--format", "json", "-e", text] for name, text in tcp_scripts().items()}
+    flags = tempfile.mkdtemp(prefix="hqbt-")
+    child = f"{sys.executable} {os.path.abspath(__file__)} --bpftrace-child {flags}"  # bpftrace splits at spaces
+    cmds["bpftrace"] = ["bpftrace", "-e", BPFTRACE, "-c", child]
+    procs = start_all(cmds, flags)
+    conns = tcp_workload(l4, l6)
+    for _ in range(WAIT_CONNECTS):
+        connect(socket.AF_INET, lw.getsockname())
+    os.waitpid(waiter, 0)
+    time.sleep(1)
+    out = {"scenario": "tcp", "conns": conns, "waiter_wchan": wchan, "waiter_port": lw.getsockname()[1]}
+    open(os.path.join(flags, "go"), "w").close()  # bpftrace ends with its -c command
+    for name, p in procs.items():  # all stop at once, each printing its totals
+        if name != "bpftrace":
+            p.send_signal(signal.SIGTERM)
+    for name, p in procs.items():
+        o, e = p.communicate(timeout=300)
+        rc = p.returncode
+        out[name] = {"rc": rc, "stderr": e[-3000:], "stdout": o if name == "bpftrace" else None,
+                     "output": [json.loads(l) for l in o.splitlines() if l.startswith("{")] if name != "bpftrace"
+                     else []}
+    l4.close(), l6.close(), lw.close()
+    return out
+
+
 def scenario_enforce(enforce: bool, how: str) -> dict:
     """how: term (SIGTERM), kill (SIGKILL) or exit (the run ends by itself when -c's command does)."""
     l4 = listener(socket.AF_INET, ("127.0.0.1", 4444))
@@ -106,8 +260,10 @@ def scenario_enforce(enforce: bool, how: str) -> dict:
             "stderr": err[-2000:], "left_attached": "hq_probe" in progs}
 
 
-if __name__ == "__main__":
-    for fn, arg in ((scenario_mixed, ("design_card",)), (scenario_mixed, ("typed",)),
+if __name__ == "__main__" and sys.argv[1:2] == ["--bpftrace-child"]:
+    bpftrace_child(sys.argv[2])
+elif __name__ == "__main__":
+    for fn, arg in ((scenario_mixed, ("design_card",)), (scenario_mixed, ("typed",)), (scenario_tcp, ()),
                     (scenario_enforce, (True, "term")), (scenario_enforce, (False, "term")),
                     (scenario_enforce, (True, "kill")), (scenario_enforce, (True, "exit"))):
         try:
