@@ -192,6 +192,10 @@ class Session:
         return stats
 
     def _final(self, obj: BpfObject) -> None:
+        if self.layout.get("states") or self.layout.get("entries"):
+            # detached first: a store or take between reading the counters and counting what is left would
+            # show as an eviction that never happened (the detach is paid at exit anyway)
+            obj.detach()
         stats = self.print_all(obj)
         lost = []
         if stats.get("ringbuf_drops"):
