@@ -7,20 +7,10 @@ from __future__ import annotations
 import ctypes
 import os
 
+from hookql.runtime.progstats import ProgInfo, enable_stats  # noqa: F401 - one definition, shared with serve
+
 U32, U64 = ctypes.c_uint32, ctypes.c_uint64
 PROBE_TYPES = {2: "kprobe", 5: "tracepoint", 17: "raw_tracepoint", 26: "tracing", 29: "lsm"}  # enum bpf_prog_type
-
-
-class ProgInfo(ctypes.Structure):  # struct bpf_prog_info (linux/bpf.h), up to run_cnt
-    _fields_ = [("type", U32), ("id", U32), ("tag", ctypes.c_uint8 * 8), ("jited_prog_len", U32),
-                ("xlated_prog_len", U32), ("jited_prog_insns", U64), ("xlated_prog_insns", U64),
-                ("load_time", U64), ("created_by_uid", U32), ("nr_map_ids", U32), ("map_ids", U64),
-                ("name", ctypes.c_char * 16), ("ifindex", U32), ("gpl_compatible", U32), ("netns_dev", U64),
-                ("netns_ino", U64), ("nr_jited_ksyms", U32), ("nr_jited_func_lens", U32), ("jited_ksyms", U64),
-                ("jited_func_lens", U64), ("btf_id", U32), ("func_info_rec_size", U32), ("func_info", U64),
-                ("nr_func_info", U32), ("nr_line_info", U32), ("line_info", U64), ("jited_line_info", U64),
-                ("nr_jited_line_info", U32), ("line_info_rec_size", U32), ("jited_line_info_rec_size", U32),
-                ("nr_prog_tags", U32), ("prog_tags", U64), ("run_time_ns", U64), ("run_cnt", U64)]
 
 
 _lib = ctypes.CDLL("libbpf.so.1", use_errno=True)
@@ -29,24 +19,9 @@ _lib.bpf_link_get_next_id.argtypes = [U32, ctypes.POINTER(U32)]
 _lib.bpf_link_get_fd_by_id.argtypes = [U32]
 _lib.bpf_prog_get_fd_by_id.argtypes = [U32]
 _lib.bpf_obj_get_info_by_fd.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.POINTER(U32)]
-_lib.bpf_enable_stats.argtypes = [ctypes.c_int]
 _lib.bpf_task_fd_query.argtypes = [ctypes.c_int, ctypes.c_int, U32, ctypes.c_char_p, ctypes.POINTER(U32),
                                    ctypes.POINTER(U32), ctypes.POINTER(U32), ctypes.POINTER(U64),
                                    ctypes.POINTER(U64)]
-
-
-BPF_STATS_RUN_TIME = 0  # enum bpf_stats_type
-
-
-def enable_stats() -> int:
-    """Turn on the kernel's run_time_ns / run_cnt accounting for as long as the returned fd is open
-    (bpf(BPF_ENABLE_STATS)): closed, or when this process ends, it is off again unless someone else
-    holds it. The global sysctl kernel.bpf_stats_enabled is never written: other BPF users share it."""
-    fd = _lib.bpf_enable_stats(BPF_STATS_RUN_TIME)
-    if fd < 0:
-        err = ctypes.get_errno() or -fd
-        raise OSError(err, f"bpf(BPF_ENABLE_STATS): {os.strerror(err)}")
-    return fd
 
 
 def _info(fd: int, info: ctypes.Structure) -> bool:

@@ -126,6 +126,16 @@ def _parser():
     p = sub.add_parser("repl", help="explore hooks, type clauses, watch live aggregations")
     p.set_defaults(func=cmd_repl)
 
+    p = sub.add_parser("serve", help="run scripts as a service; their aggregations as Prometheus metrics",
+                       description="Load and attach every script and serve their aggregations as Prometheus "
+                                   "metrics on /metrics (and /healthz) until SIGTERM; SIGHUP reloads the scripts "
+                                   "(unchanged ones keep their counts; new programs attach before old ones "
+                                   "detach); `emit` lines go to standard output as JSON.")
+    from hookql.serve import cli as serve_cli
+
+    serve_cli.add_to(p)
+    p.set_defaults(func=cmd_serve)
+
     p = sub.add_parser("hooks", help="list the hook catalog, or describe one hook",
                        description="List catalog hooks matching PATTERN (a substring or glob of PROVIDER:NAME), "
                                    "or with -v describe one hook on this kernel.")
@@ -366,6 +376,12 @@ def cmd_lib(args) -> int:
     from hookql.libs import cli as libcli
 
     return libcli.run(args)
+
+
+def cmd_serve(args) -> int:
+    from hookql.serve import cli as serve_cli
+
+    return serve_cli.run(args)
 
 
 def cmd_repl(args) -> int:
