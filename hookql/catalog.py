@@ -217,6 +217,11 @@ class Catalog:
             hook.tp_fields_known = False
         else:
             _add_tp_fields(hook, f"{cat}:{name}", parse_tp_format(text, syscall=cat == "syscalls"))
+            ret = hook.fields.get("ret")
+            if cat == "syscalls" and name.startswith("sys_exit_") and ret is not None and ret.ty.kind == "int" \
+                    and ret.ty.signed and ret.ty.display is None:
+                # a syscall's result: -errno on failure, printed by name (-EADDRINUSE); counts and sizes as numbers
+                hook.fields["ret"] = replace(ret, ty=ret.ty.with_display(T.ERRNO))
             if cat == "syscalls" and name.startswith("sys_exit_"):
                 # the syscall's arguments at its exit: the sys_enter_X fields, saved per thread at entry (codegen)
                 enter = name.replace("sys_exit_", "sys_enter_", 1)

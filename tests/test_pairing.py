@@ -249,10 +249,10 @@ def test_bindsnoop_execsnoop_killsnoop_and_reads_pair_exactly(tmp_path):
     binds = [(e["comm"], e["pid"], e["fd"], e["family"], e["saddr"], e["sport"], e["ret"])
              for e in emitted(line_of["on tracepoint:syscalls:sys_exit_bind"] + 1)]
     assert binds == [(comm, pid, fds[0], "AF_INET", "127.0.0.1", 0, 0), (comm, pid, fds[1], "AF_INET6", "::1", 0, 0),
-                     (comm, pid, fds[2], "AF_INET", "127.0.0.1", port, -98)], binds  # -EADDRINUSE
+                     (comm, pid, fds[2], "AF_INET", "127.0.0.1", port, "-EADDRINUSE")], binds
     by = {o["text"]: o for o in objs if "aggregation" in o}
     counts = {(r["key"]["sport"], r["key"]["ret"]): r["value"] for r in by["count by sport, ret"]["rows"]}
-    assert counts == {(0, 0): 2, (port, -98): 1}, counts
+    assert counts == {(0, 0): 2, (port, "-EADDRINUSE"): 1}, counts
     bt_maps = _bt_maps(bt_out)
     assert bt_maps["@bind"] == {(2, 0, 0): 1, (10, 0, 0): 1, (2, port, -98): 1}, bt_out
 
@@ -262,14 +262,14 @@ def test_bindsnoop_execsnoop_killsnoop_and_reads_pair_exactly(tmp_path):
     assert execs == [(comm, pid, f"/nonexistent/{comm}"), (comm, pid, str(true_copy))], execs
     failed = [(e["comm"], e["filename"], e["ret"])
               for e in emitted(line_of["on tracepoint:syscalls:sys_exit_execve"] + 1)]
-    assert failed == [(comm, f"/nonexistent/{comm}", -2)], failed  # -ENOENT
+    assert failed == [(comm, f"/nonexistent/{comm}", "-ENOENT")], failed
     assert bt_maps["@exec"] == {(comm,): 2} and bt_maps["@execret"] == {(-2,): 1, (0,): 1}, bt_out
     assert bt_maps["@execf"] == {(f"/nonexistent/{comm}",): 1, (str(true_copy),): 1}, bt_out
 
     # killsnoop: the signalled pid and the signal from the entry, the result from the exit
     kills = [(e["comm"], e["current.pid"], e["args.pid"], e["sig"], e["ret"])
              for e in emitted(line_of["on tracepoint:syscalls:sys_exit_kill"] + 1)]
-    assert kills == [(comm, pid, pid, 0, 0)] * n_kill + [(comm, pid, facts["gone"], 0, -3)] * n_gone, kills
+    assert kills == [(comm, pid, pid, 0, 0)] * n_kill + [(comm, pid, facts["gone"], 0, "-ESRCH")] * n_gone, kills
     assert bt_maps["@killret"] == {(0,): n_kill, (-3,): n_gone}, bt_out
 
     # read(2): the entry's fd and count, the exit's ret; every read of the process, as bpftrace sums them
