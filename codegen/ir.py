@@ -871,7 +871,8 @@ class _ProbeLowering:
         does not fire)."""
         ir = self.prog.state_of[e.name]
         ptr = self.state_ptr(ir, e.keys)
-        need = self.local(("state_need", ptr.name), T.Type("ptr"), "state_need", deps=[ptr], src=ptr)
+        need = self.local(("state_need", ptr.name), T.Type("ptr"), "state_need", deps=[ptr], src=ptr,
+                          ret="ret" if self.hook.provider == "lsm" and self.hook.retval else "0")
         slot = next(s for s in ir.values if s.c_name == "v" and name == "v" or s.name == name and ir.record)
         ty = _slot_type(slot)
         return self.local(("state_field", ptr.name, slot.c_name), ty, "state_field", deps=[need], src=ptr,

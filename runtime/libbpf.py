@@ -62,6 +62,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map__set_max_entries": (ctypes.c_int, [c_void_p, c_u32]),
     "bpf_map__initial_value": (c_void_p, [c_void_p, ctypes.POINTER(ctypes.c_size_t)]),
     "bpf_map__set_initial_value": (ctypes.c_int, [c_void_p, c_void_p, ctypes.c_size_t]),
+    "bpf_map__reuse_fd": (ctypes.c_int, [c_void_p, ctypes.c_int]),
+    "bpf_map_create": (ctypes.c_int, [ctypes.c_int, c_char_p, c_u32, c_u32, c_u32, c_void_p]),
     "bpf_map_lookup_elem": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p]),
     "bpf_map_get_next_key": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p]),
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p, ctypes.c_uint64]),

@@ -94,12 +94,19 @@ class BpfObject:
 
     # -- before load --
     def configure(self, pid: int = 0, enforce: bool = False, map_entries: int | None = None,
-                  ringbuf_size: int | None = None) -> None:
-        """Set the program's read-only config (hq_cfg) and map sizes."""
+                  ringbuf_size: int | None = None, live: tuple[int, int, int] | None = None) -> None:
+        """Set the program's read-only config (hq_cfg) and map sizes.  live: for an object built for
+        `hookql serve`, (the service's hq_epoch map fd, this script's slot, this version's epoch)."""
         cfg = self.l.bpf_object__find_map_by_name(self.obj, b".rodata.hq_cfg")
         if not cfg:
             raise LoadError(f"{self.path} is not a HookQL object (no hq_cfg)")
         data = pid.to_bytes(4, "little") + int(enforce).to_bytes(4, "little")  # struct hq_config
+        if self.layout.get("serve"):
+            fd, slot, epoch = live or (-1, 0, 0)
+            data += slot.to_bytes(4, "little") + epoch.to_bytes(4, "little")
+            if live is not None:
+                m = self.l.bpf_object__find_map_by_name(self.obj, b"hq_epoch")
+                libbpf.check_int(self.l.bpf_map__reuse_fd(m, fd), "bpf_map__reuse_fd", "hq_epoch")
         buf = ctypes.create_string_buffer(data, len(data))
         libbpf.check_int(self.l.bpf_map__set_initial_value(cfg, buf, len(data)), "bpf_map__set_initial_value",
                          ".rodata.hq_cfg")

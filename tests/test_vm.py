@@ -3,7 +3,8 @@
 One boot runs everything: every seed hook attached and fired (objects
 compiled here, loaded there), the design card verbatim, typed fields end to
 end, `deny` with and without --enforce, and kretprobes reading their arguments
-(examples/tcpconnect.hq's probe list, tcpaccept.hq) next to bpftrace 0.17.  Run it alone with
+(examples/tcpconnect.hq's probe list, tcpaccept.hq) next to bpftrace 0.17, and `hookql serve` reloading a
+`deny` rule while connects run (no gap; its counters in /metrics).  Run it alone with
 `python3 -m pytest -q -m vm`.
 """
 import json
@@ -79,6 +80,10 @@ def guest_run():
     _compile(Source.from_path(REPO / "examples" / "design_card.hq"), k61)
     for text in guest_cli.tcp_scripts().values():
         _compile(Source("<-e>", text), k61)
+    for text in guest_cli.SERVE_TEXTS:  # what `hookql serve` builds there (its path is in the C: same path)
+        result = check_source(Source(guest_cli.SERVE_FILE, text), k61)
+        assert result.ok, [d.render() for d in result.diagnostics]
+        compile_checked(result.checked, "kprobe", serve=True)
     py = sys.executable
     script = f"""
 export HOME={os.path.expanduser('~')} XDG_CACHE_HOME={vm.cache_root().parent.parent} PATH={Path(py).parent}:$PATH
@@ -274,3 +279,48 @@ def test_a_call_under_way_at_attach_is_not_seen_and_leaves_nothing(guest_run):
     assert (e["stored"], e["deleted"], e["entries"], e["evicted"], e["failed"], e["missing"]) == (n, n, 0, 0, 0, 0), e
     bt = s["bpftrace"]["stdout"]
     assert _bpftrace_map(bt, "accept")[f"{guest_cli.WAIT}, {s['waiter_port']}"] == 1, bt
+
+
+# -- `hookql serve`: an LSM deny rule reloaded while connects run, its counters in /metrics --
+
+
+def _serve(guest_run, enforce: bool) -> dict:
+    s = guest_run["scenarios"].get(f"serve,enforce={enforce}")
+    assert s is not None, [l for l in guest_run["raw"] if "error" in l]
+    assert s["rc"] == 0, s["stderr"]
+    assert "error" not in s["stderr"] and "warning" not in s["stderr"], s["stderr"]
+    assert s["after"] == "ok" and not s["left_attached"]
+    return s
+
+
+def _samples(s: dict, name: str, **labels) -> list:
+    return [v for n, l, v in s["metrics"] if n == name and all(l.get(k) == w for k, w in labels.items())]
+
+
+def test_serve_reloads_a_deny_rule_with_no_gap(guest_run):
+    s = _serve(guest_run, True)
+    # each reload replaced the script (its deny clause's program changed) while hqloop connected
+    assert s["reloads"] == ["hookql serve: reloaded: 1 script new or changed, 1 replaced or removed, 0 unchanged\n"] \
+        * guest_cli.SERVE_RELOADS, s["stderr"]
+    assert _samples(s, "hookql_reloads_total", result="ok") == [guest_cli.SERVE_RELOADS]
+    # every attempt, before, during and after the reloads, was denied
+    (attempts,) = s["connects"].values()
+    assert s["connects"] == {"EPERM": attempts}
+    # and counted once: the deny counters of the replaced programs stay in the totals
+    assert sum(_samples(s, "hookql_deny_total", mode="enforce")) == attempts, s["metrics"]
+    assert sum(_samples(s, "hookql_deny_total", mode="would_deny")) == 0
+    # the count clause (below the deny) counts each attempt at most once: the newest program on an LSM hook runs
+    # first and a denying one ends the chain, so while a new object attaches, between its deny and its count
+    # programs, the new deny runs first and nothing counts the attempt
+    (counted,) = _samples(s, "hookql_deny_lsm_socket_connect_count_by_comm_total", comm=guest_cli.LOOP)
+    assert 0 < counted <= attempts
+
+
+def test_serve_without_enforce_only_counts_would_deny(guest_run):
+    s = _serve(guest_run, False)
+    assert s["connects"] == {"ok": 6}  # 3 before a reload, 3 after
+    assert _samples(s, "hookql_reloads_total", result="ok") == [1]
+    assert sum(_samples(s, "hookql_deny_total", mode="would_deny")) == 6, s["metrics"]
+    assert sum(_samples(s, "hookql_deny_total", mode="enforce")) == 0
+    # the count clause: both versions of the script in one metric (the old one drained once more when replaced)
+    assert sum(_samples(s, "hookql_deny_lsm_socket_connect_count_by_comm_total")) == 6, s["metrics"]

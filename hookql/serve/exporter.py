@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from prometheus_client.core import (CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily,
                                     SummaryMetricFamily)
+from prometheus_client.samples import Sample
 from prometheus_client.utils import floatToGoString
 
 from hookql.runtime.decode import decode_key, display
@@ -87,19 +88,17 @@ class Collector:
         func, labels = agg["func"], series.labels
         doc = naming.help_text(agg, unit.name)
         seconds = naming.unit(agg) == "seconds"
-        scale = (lambda v: v / 1e9) if seconds else (lambda v: v)
+        scale = (lambda v: v / 1e9) if seconds else float
         if func == "count" or func == "sum" and not agg.get("value_is_signed"):
             fam = CounterMetricFamily(name, doc, labels=labels)
-            for k, v in values.items():
-                fam.add_metric(list(k), scale(v))
+            _samples(fam, fam.name + "_total", labels, values, scale)
         elif func == "avg":
             fam = SummaryMetricFamily(name, doc, labels=labels)
             for k, (total, count) in values.items():
                 fam.add_metric(list(k), count_value=count, sum_value=scale(total))
         elif func in ("sum", "min", "max"):
             fam = GaugeMetricFamily(name, doc, labels=labels)
-            for k, v in values.items():
-                fam.add_metric(list(k), scale(v))
+            _samples(fam, name, labels, values, scale)
         else:
             fam = HistogramMetricFamily(name, doc, labels=labels)
             bounds = le_bounds(agg)
@@ -108,13 +107,19 @@ class Collector:
                 buckets, cum = [], 0
                 for i, (c, le) in enumerate(zip(counts, bounds)):
                     cum += c
-                    if func == "hist" and i == 0:
-                        continue  # negatives: counted in le=0 with zero
+                    if func == "hist" and i == 0 or func == "lhist" and i == 0 and le < 0 <= agg["lhist"][0]:
+                        continue  # negatives: counted in the next le (a negative le would drop _sum, _count)
                     if le != float("inf"):
                         buckets.append((floatToGoString(scale(le)), cum))
                 buckets.append(("+Inf", cum))
                 fam.add_metric(list(k), buckets=_trim(buckets), sum_value=scale(total))
         return fam
+
+
+def _samples(fam, sample_name: str, labels: list[str], values: dict, scale) -> None:
+    """One sample per series, made directly (what add_metric makes, at half its cost: a scrape of 10,000
+    series is mostly this)."""
+    fam.samples = [Sample(sample_name, dict(zip(labels, k)), scale(v), None, None) for k, v in values.items()]
 
 
 def _trim(buckets: list) -> list:

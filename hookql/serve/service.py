@@ -20,6 +20,9 @@ from hookql.serve.series import Series
 from hookql.serve.units import BuildFailed, Unit, script_paths
 
 
+EPOCH_SLOTS = 4096  # scripts one service can have served (codegen/templates/maps.c.j2 hq_epoch)
+
+
 class ServeOptions:
     def __init__(self, paths: list[str], listen: str, enforce: bool = False, series_cap: int = 1000,
                  drain_interval: float = 10.0, map_entries: int | None = None):
@@ -37,6 +40,10 @@ class Service:
         self.series: dict[str, Series] = {}
         self.reloads = {"ok": 0, "error": 0}
         self.drains = 0
+        self.retired: dict[tuple, float] = {}  # kernel-kept counters of units a reload stopped (selfmetrics.py)
+        self.epoch_fd = -1  # hq_epoch: which version of each script is live, shared by every unit's object
+        self.slots: dict[str, int] = {}  # script path -> its slot in hq_epoch
+        self.epochs: dict[str, int] = {}  # script path -> its live version's epoch
         self.stats_fd = -1
         self.signals: list[int] = []
         self.started = time.time()
@@ -101,7 +108,7 @@ class Service:
                 features.ensure_tracefs()
             try:
                 self._start(units)
-            except (LoadError, LibbpfError) as exc:
+            except (LoadError, LibbpfError, BuildFailed) as exc:
                 self.log(f"error: {exc}" + (f"\n  hint: {exc.hint}" if getattr(exc, "hint", None) else "")
                          + "\nnothing was loaded")
                 return 1
@@ -126,25 +133,63 @@ class Service:
                 for u in self.units:
                     u.stop()
                 self.units = []
-            if self.stats_fd >= 0:
-                os.close(self.stats_fd)
+            for fd in (self.stats_fd, self.epoch_fd):
+                if fd >= 0:
+                    os.close(fd)
 
     def _on_signal(self, signum, frame) -> None:
         self.signals.append(signum)
 
     def _read(self, path: str) -> Unit:
+        import contextlib
+        import io
+
         from hookql.cli import _read_text
 
-        got = _read_text(path)  # says why when it cannot
+        why = io.StringIO()
+        with contextlib.redirect_stderr(why):  # it says why it cannot: into the log, with the rest
+            got = _read_text(path)
         if got is None:
-            raise BuildFailed(f"{path}: cannot read it")
+            raise BuildFailed(why.getvalue().strip() or f"{path}: cannot read it")
         return Unit(*got)
+
+    # -- versions: one write hands a script over from its old programs to its new ones --
+    def _epochs(self) -> int:
+        if self.epoch_fd < 0:
+            from hookql.runtime import libbpf
+
+            self.epoch_fd = libbpf.check_int(libbpf.lib().bpf_map_create(2, b"hq_epoch", 4, 4, EPOCH_SLOTS, None),
+                                             "bpf_map_create", "hq_epoch")  # 2: BPF_MAP_TYPE_ARRAY
+        return self.epoch_fd
+
+    def _version(self, u: Unit) -> None:
+        """Give u its script's slot and the next epoch (not live yet)."""
+        if u.path not in self.slots:
+            if len(self.slots) >= EPOCH_SLOTS:
+                raise BuildFailed(f"{u.path}: at most {EPOCH_SLOTS} scripts are served")
+            self.slots[u.path] = len(self.slots)
+        u.slot, u.epoch = self.slots[u.path], self.epochs.get(u.path, 0) + 1
+
+    def _make_live(self, u: Unit | None, path: str) -> None:
+        """hq_epoch[slot] = u's epoch (None: 0, no version live): from the next event on, only u's programs
+        act for the script; one already under way in an old program finishes as it began."""
+        import ctypes
+
+        from hookql.runtime import libbpf
+
+        key, value = ctypes.c_uint32(self.slots[path]), ctypes.c_uint32(u.epoch if u else 0)
+        libbpf.check_int(libbpf.lib().bpf_map_update_elem(self._epochs(), ctypes.byref(key), ctypes.byref(value), 0),
+                         "bpf_map_update_elem", "hq_epoch")
+        if u is not None:
+            self.epochs[path] = u.epoch
 
     def _start(self, units: list[Unit]) -> None:
         started = []
         try:
             for u in units:
-                u.start(self.opts.enforce, self.opts.map_entries)
+                self._version(u)
+                self._make_live(u, u.path)  # nothing to hand over from: live from its first event
+                u.start(self.opts.enforce, self.opts.map_entries, self._epochs())
                 started.append(u)
         except BaseException:
             for u in started:
@@ -164,8 +209,9 @@ class Service:
                 if sig == _signal.SIGHUP:
                     self.reload()
                 else:
-                    self.log(f"stopping ({_signal.Signals(sig).name})" if hasattr(_signal, "Signals")
-                             else "stopping")
+                    import signal
+
+                    self.log(f"stopping ({signal.Signals(sig).name})")
                     return
             if time.monotonic() >= next_drain:
                 self.drain()
@@ -212,21 +258,31 @@ class Service:
             self.log(f"error: reload failed, the running scripts stay as they were:\n{exc}")
             return
         fresh = [u for u in units if u not in old.values()]
+        started = []
         try:
-            for i, u in enumerate(fresh):  # attached before any old one detaches: no gap for `deny`
-                u.start(self.opts.enforce, self.opts.map_entries)
-        except (LoadError, LibbpfError) as exc:
-            for u in fresh[:i]:
-                u.stop()
+            for u in fresh:  # attached, not live yet: the old version of the script still acts alone
+                self._version(u)
+                u.start(self.opts.enforce, self.opts.map_entries, self._epochs())
+                started.append(u)
+        except (LoadError, LibbpfError, BuildFailed) as exc:
+            with self.lock:
+                for u in started:  # never live: nothing of theirs to keep
+                    u.stop()
             self.reloads["error"] += 1
             self.log(f"error: reload failed, the running scripts stay as they were: {exc}")
             return
         gone = [u for u in old.values() if u not in units]
         with self.lock:
+            # the handover: one write per script, the new programs attached before it and the old ones
+            # detached after it, so `deny` has no gap and no event is counted by both versions
+            for u in fresh:
+                self._make_live(u, u.path)
+            for u in gone:
+                if u.path not in {f.path for f in fresh}:
+                    self._make_live(None, u.path)  # removed: no version of it acts from now on
             self._stop_events()
             for u in gone:
-                u.obj.detach()
-                u.drainer.wait_for_programs()
+                self._retire(u)
                 for gen in (0, 1):  # both maps: the one events went to, and the other (empty, drained)
                     self._add(u, {a["map"]: u.drainer.take(a, gen) for a in u.layout["aggregations"]})
                 u.stop()
@@ -236,6 +292,17 @@ class Service:
         self.reloads["ok"] += 1
         self.log(f"reloaded: {len(fresh)} script{'s' * (len(fresh) != 1)} new or changed, {len(gone)} "
                  f"replaced or removed, {len(units) - len(fresh)} unchanged")
+
+    def _retire(self, u: Unit) -> None:
+        """Detach u, wait for its programs under way, and keep its kernel-kept counters (deny decisions,
+        runs, kernel events): they live in its object, and the service's counters must stay monotonic."""
+        from hookql.serve.selfmetrics import counters
+
+        prog_fds = {a.func: a.prog_fd for a in u.links}  # detach empties u.links; the fds live until stop
+        u.obj.detach()
+        u.drainer.wait_for_programs()
+        for key, n in counters(u, prog_fds).items():
+            self.retired[key] = self.retired.get(key, 0) + n
 
     def _name_metrics(self) -> None:
         """Every aggregation's metric name (unique across the scripts, in their order); its Series, kept when

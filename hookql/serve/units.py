@@ -70,8 +70,12 @@ class Unit:
             raise BuildFailed(f"{self.path}: {exc}") from None
         self.layout, self.object = compiled.layout, compiled.object
 
-    def start(self, enforce: bool, map_entries: int | None) -> None:
-        """Load and attach; on any failure nothing of this unit stays loaded."""
+    slot = 0  # the script's slot in the service's hq_epoch map (one per path, kept across reloads)
+    epoch = 0  # this version's: its programs run only while hq_epoch[slot] holds it
+
+    def start(self, enforce: bool, map_entries: int | None, epoch_fd: int = -1) -> None:
+        """Load and attach; on any failure nothing of this unit stays loaded.  Its programs do nothing until
+        the service makes this version live (hq_epoch[slot] = epoch)."""
         from hookql.runtime.decode import MapReader
         from hookql.runtime.loader import BpfObject
 
@@ -80,7 +84,8 @@ class Unit:
         obj = BpfObject(self.object, self.layout, name=self.name)
         obj.__enter__()
         try:
-            obj.configure(0, enforce, map_entries, None)
+            obj.configure(0, enforce, map_entries, None,
+                          live=(epoch_fd, self.slot, self.epoch) if epoch_fd >= 0 else None)
             obj.load()
             self.links = obj.attach_all()
             self.drainer = Drainer(obj, self.layout, MapReader())

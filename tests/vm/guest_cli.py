@@ -1,4 +1,4 @@
-"""Runs inside the VM: `hookql run` as users run it, against real kprobes and
+"""Runs inside the VM: `hookql run` and `hookql serve` as users run them, against real kprobes and
 LSM hooks.  Prints one JSON object per scenario.
 
     guest_cli.py HOOKQL_CMD...
@@ -260,12 +260,144 @@ def scenario_enforce(enforce: bool, how: str) -> dict:
             "stderr": err[-2000:], "left_attached": "hq_probe" in progs}
 
 
+# `hookql serve` with an LSM deny rule, reloaded while connects run: each reload changes the deny clause (so its
+# program is replaced) and the script (so its count clause is too); the host compiles exactly these texts.
+SERVE_DIR = "/tmp/hqvm-serve"
+SERVE_FILE = f"{SERVE_DIR}/deny.hq"
+SERVE_COUNT = "on lsm:socket_connect where dport == 4444 { count by comm }\n"
+SERVE_TEXTS = ["on lsm:socket_connect where dport == 4444 { deny }\n" + SERVE_COUNT,
+               "on lsm:socket_connect where dport == 4444 and family == AF_INET { deny }\n" + SERVE_COUNT]
+SERVE_RELOADS = 4  # with --enforce, while the connect loop runs
+SERVE_LISTEN = "127.0.0.1:19437"
+LOOP = "hqloop"
+
+
+def connect_loop() -> tuple[int, int, int]:
+    """A child (comm hqloop) connecting to 127.0.0.1:4444 back to back until told to stop: (pid, the fd that
+    tells it to stop (close it), the fd its outcomes come from as JSON {outcome: n}) once it has tried once."""
+    stop_r, stop_w = os.pipe()
+    res_r, res_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        import select
+
+        os.close(stop_w), os.close(res_r)
+        ctypes.CDLL(None).prctl(15, LOOP.encode(), 0, 0, 0)
+        seen: dict[str, int] = {}
+        while True:
+            got = connect(socket.AF_INET, ("127.0.0.1", 4444))
+            seen[got] = seen.get(got, 0) + 1
+            if sum(seen.values()) == 1:
+                os.write(res_w, b"\n")  # tried once
+            if select.select([stop_r], [], [], 0)[0]:
+                break
+        os.write(res_w, json.dumps(seen).encode())
+        os._exit(0)
+    os.close(stop_r), os.close(res_w)
+    assert os.read(res_r, 1) == b"\n"
+    return pid, stop_w, res_r
+
+
+def end_loop(loop) -> dict[str, int]:
+    pid, stop_w, res_r = loop
+    os.close(stop_w)
+    with os.fdopen(res_r) as f:
+        seen = json.loads(f.read())
+    os.waitpid(pid, 0)
+    return seen
+
+
+def scrape() -> list:
+    """/metrics as [name, labels, value] samples."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://{SERVE_LISTEN}/metrics", timeout=60) as r:
+        text = r.read().decode()
+    return [[s.name, s.labels, s.value] for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def drained_scrape() -> list:
+    """A scrape after two more drains than when called: everything counted before the call is in the totals."""
+    drains = lambda m: sum(v for n, _, v in m if n == "hookql_drains_total")
+    first = drains(scrape())
+    while True:
+        time.sleep(0.5)
+        m = scrape()
+        if drains(m) >= first + 2:
+            return m
+
+
+def scenario_serve(enforce: bool) -> dict:
+    """enforce: SERVE_RELOADS reloads while hqloop connects to the denied port; else: connects, one reload,
+    connects (deny only counts)."""
+    t0 = time.monotonic()
+    subprocess.run(["rm", "-rf", SERVE_DIR], check=True)
+    os.makedirs(SERVE_DIR)
+
+    def write(i: int) -> None:
+        with open(SERVE_FILE + ".tmp", "w") as f:
+            f.write(SERVE_TEXTS[i % 2])
+        os.rename(SERVE_FILE + ".tmp", SERVE_FILE)  # whole, as a deploy tool writes it
+
+    write(0)
+    lst = listener(socket.AF_INET, ("127.0.0.1", 4444))
+    p = subprocess.Popen(HOOKQL + ["serve", "--listen", SERVE_LISTEN, "--drain-interval", "1s", SERVE_DIR]
+                         + (["--enforce"] if enforce else []),
+                         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    log: list[str] = []
+
+    def wait_log(word: str) -> str:
+        while True:
+            line = p.stderr.readline()
+            if not line:
+                raise RuntimeError(f"hookql serve exited {p.wait()}: {''.join(log)[-2000:]}")
+            log.append(line)
+            if word in line or "error" in line:
+                return line
+
+    out: dict = {"scenario": f"serve,enforce={enforce}", "started": wait_log("serving"), "reloads": [],
+                 "seconds": {"start": round(time.monotonic() - t0, 1)}}
+    if enforce:
+        loop = connect_loop()
+        for i in range(1, SERVE_RELOADS + 1):
+            write(i)
+            p.send_signal(signal.SIGHUP)
+            out["reloads"].append(wait_log("reloaded"))
+        seen = end_loop(loop)
+    else:
+        seen = {}
+        for i in range(2):
+            for _ in range(3):
+                got = connect(socket.AF_INET, ("127.0.0.1", 4444))
+                seen[got] = seen.get(got, 0) + 1
+            if i == 0:
+                write(1)
+                p.send_signal(signal.SIGHUP)
+                out["reloads"].append(wait_log("reloaded"))
+    out["connects"] = seen
+    out["seconds"]["reloads"] = round(time.monotonic() - t0, 1)
+    m = drained_scrape()
+    out["metrics"] = [s for s in m if s[0].startswith(("hookql_deny_total", "hookql_reloads_total",
+                                                       "hookql_deny_lsm_socket_connect"))]
+    rc, _, err = stop(p)
+    time.sleep(0.5)
+    out["after"] = connect(socket.AF_INET, ("127.0.0.1", 4444))
+    progs = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True).stdout
+    lst.close()
+    out["seconds"]["all"] = round(time.monotonic() - t0, 1)
+    out.update(rc=rc, stderr=("".join(log) + err)[-3000:], left_attached="hq_probe" in progs)
+    return out
+
+
 if __name__ == "__main__" and sys.argv[1:2] == ["--bpftrace-child"]:
     bpftrace_child(sys.argv[2])
 elif __name__ == "__main__":
     for fn, arg in ((scenario_mixed, ("design_card",)), (scenario_mixed, ("typed",)), (scenario_tcp, ()),
                     (scenario_enforce, (True, "term")), (scenario_enforce, (False, "term")),
-                    (scenario_enforce, (True, "kill")), (scenario_enforce, (True, "exit"))):
+                    (scenario_enforce, (True, "kill")), (scenario_enforce, (True, "exit")),
+                    (scenario_serve, (True,)), (scenario_serve, (False,))):
         try:
             print(json.dumps(fn(*arg)), flush=True)
         except Exception as exc:  # one broken scenario must not hide the others' results
