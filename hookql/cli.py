@@ -92,6 +92,11 @@ def _parser():
     kernel_opts(p)
     p.add_argument("-q", "--quiet", action="store_true", help="print nothing when clean")
     p.add_argument("--color", choices=("auto", "always", "never"), default="auto")
+    p.add_argument("--serve", action="store_true",
+                   help="also warn about what `hookql serve` would fold: `by` keys with unbounded values (pid, "
+                        "tid, addresses, sport, cgroup, timestamps)")
+    p.add_argument("--series-cap", type=_serve_arg("series_cap"), default=None, metavar="N",
+                   help="the series cap the --serve warnings name (implies --serve; default: serve's)")
     p.set_defaults(func=cmd_check)
 
     p = sub.add_parser("run", help="compile, load and attach a script; print its aggregations",
@@ -391,6 +396,17 @@ def cmd_repl(args) -> int:
 
 
 # -- check ---------------------------------------------------------------------
+def _serve_arg(name: str):
+    """An argparse type from hookql/serve/cli.py's converter NAME, imported when an argument is converted."""
+    def typed(text: str):
+        from hookql.serve import cli as serve_cli
+
+        return serve_cli._arg(getattr(serve_cli, name))(text)
+
+    typed.__name__ = name
+    return typed
+
+
 def cmd_check(args) -> int:
     sources = _read_sources(args.files, args.expr)
     if sources is None:
@@ -407,6 +423,11 @@ def cmd_check(args) -> int:
 
     for src in sources:
         result = check_source(src, kern)
+        if (args.serve or args.series_cap) and result.checked is not None:
+            from hookql.serve import cli as serve_cli
+            from hookql.serve.lint import warn_unbounded_keys
+
+            warn_unbounded_keys(result.checked, result.diagnostics, args.series_cap or serve_cli.DEFAULT_SERIES_CAP)
         for d in result.diagnostics.sorted():
             print(d.render(color), file=sys.stderr)
         errors += len(result.diagnostics.errors)
