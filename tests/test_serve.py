@@ -634,3 +634,34 @@ def test_check_serve_cli(tmp_path):
     assert capped.returncode == 0 and capped.stderr.count("--series-cap (20)") == 2, capped.stderr
     bad = subprocess.run([*base, "--serve", "--series-cap", "0", str(f)], capture_output=True, text=True)
     assert bad.returncode == 2 and "is not a series cap" in bad.stderr and "Traceback" not in bad.stderr
+
+
+@native
+def test_scripts_another_user_could_change_are_refused(tmp_path, serves):
+    """The attack: a service that loads every *.hq of a directory loads what another user plants there (a
+    `deny` rule, or a script that emits what it likes into the node's logs).  A script is served only if
+    every directory on its path and the file are root's or the service's and writable by nobody else; else
+    refused at start (nothing loaded) and at reload (the running set stays)."""
+    c = COMM + "t"
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    os.chmod(tmp_path, 0o755)
+    shared.chmod(0o777)  # another user can add or replace files here
+    (shared / "planted.hq").write_text(reload_script(f'comm == "{c}"'))
+    err = serve_fails(tmp_path, "--listen", f"127.0.0.1:{free_port()}", str(shared))
+    assert "refused" in err and "writable by others" in err and "nothing was loaded" in err, err
+    shared.chmod(0o755)
+    theirs = shared / "planted.hq"
+    os.chown(theirs, 65534, 65534)  # nobody's file in our directory: nobody can rewrite it
+    err = serve_fails(tmp_path, "--listen", f"127.0.0.1:{free_port()}", str(shared))
+    assert "refused" in err and "owned by nobody" in err, err
+    # at reload: a good set runs; a planted file makes the reload fail and the running set stays
+    os.chown(theirs, 0, 0)
+    s = serve(serves, tmp_path, "--drain-interval", "100ms", str(shared))
+    held = s.held()
+    evil = shared / "evil.hq"
+    evil.write_text(reload_script(f'comm == "{c}"', "evil"))
+    os.chown(evil, 65534, 65534)
+    s.hup(expect="reload failed")
+    assert "evil.hq: refused" in s.log() and s.held() == held
+    assert value(s.samples(), "hookql_reloads_total", result="error") == 1

@@ -120,7 +120,7 @@ class Service:
                 self.log(f"warning: no per-clause kernel time ({exc.strerror}); run counts read 0")
             http.start()
             n = sum(len(u.links) for u in self.units)
-            self.log(f"serving {len(self.units)} script{'s' * (len(self.units) != 1)}, {n} probes attached, "
+            self.log(f"serving {len(self.units)} script{'s' * (len(self.units) != 1)}, {n} probe{'s' * (n != 1)} attached, "
                      f"on http://{http.address}/metrics")
             self._loop()
             return 0
@@ -144,14 +144,19 @@ class Service:
         import contextlib
         import io
 
+        from hookql.cache.dirs import CacheError, trusted_file_path
         from hookql.cli import _read_text
 
+        try:  # a service that loads every *.hq of a directory must not load one another user put there
+            real = trusted_file_path(path)
+        except (CacheError, OSError) as exc:
+            raise BuildFailed(f"{path}: refused: {getattr(exc, 'strerror', None) or exc}") from None
         why = io.StringIO()
         with contextlib.redirect_stderr(why):  # it says why it cannot: into the log, with the rest
-            got = _read_text(path)
+            got = _read_text(real)  # the path checked, every directory on it root's or ours: nobody swaps it
         if got is None:
             raise BuildFailed(why.getvalue().strip() or f"{path}: cannot read it")
-        return Unit(*got)
+        return Unit(path, got[1])
 
     # -- versions: one write hands a script over from its old programs to its new ones --
     def _epochs(self) -> int:
