@@ -166,16 +166,23 @@ class MapReader:
             return KStack(sid, error=stack_error(_errno.ENOENT))
         return ksyms.stack(sid, list(itertools.takewhile(bool, buf)))  # frames end at the first 0
 
+    def keys(self, fd: int, key_size: int) -> list[bytes]:
+        """Every key of a hash map, all read before any is used: deleting while walking restarts the walk."""
+        keys, nxt, prev = [], ctypes.create_string_buffer(key_size), None
+        while self.l.bpf_map_get_next_key(fd, prev, nxt) == 0:
+            keys.append(nxt.raw)
+            prev = ctypes.create_string_buffer(nxt.raw, key_size)
+        return keys
+
+    def zero(self, fd: int, key, value_size: int, name: str) -> None:
+        """Zero a per-CPU array's value on every CPU (an unkeyed aggregation taken or reset)."""
+        stride = (value_size + 7) // 8 * 8
+        zero = ctypes.create_string_buffer(stride * self.ncpus)
+        libbpf.check_int(self.l.bpf_map_update_elem(fd, key, zero, 0), "bpf_map_update_elem", name)
+
     def count_keys(self, fd: int, key_size: int) -> int:
         """How many entries a hash map holds now (a state map's leftovers at exit)."""
-        cur = ctypes.create_string_buffer(key_size)
-        nxt = ctypes.create_string_buffer(key_size)
-        prev, n = None, 0
-        while self.l.bpf_map_get_next_key(fd, prev, nxt) == 0:
-            ctypes.memmove(cur, nxt, key_size)
-            prev = cur
-            n += 1
-        return n
+        return len(self.keys(fd, key_size))
 
     def stats(self, fd: int, names: list[str]) -> dict[str, int]:
         out = {}

@@ -312,17 +312,11 @@ class IntervalReader:
             key = ctypes.c_uint32(0)
             vals = r.values(fd, ctypes.byref(key), vsize)
             if vals is not None and reset:
-                stride = (vsize + 7) // 8 * 8
-                zero = ctypes.create_string_buffer(stride * r.ncpus)
-                libbpf.check_int(self.l.bpf_map_update_elem(fd, ctypes.byref(key), zero, 0), "bpf_map_update_elem")
+                r.zero(fd, ctypes.byref(key), vsize, agg["map"])
             return [(b"", vals)] if vals is not None else []
         ksize = agg["key_size"]
-        keys, nxt, prev = [], ctypes.create_string_buffer(ksize), None
-        while self.l.bpf_map_get_next_key(fd, prev, nxt) == 0:  # all keys first: deleting while walking restarts
-            keys.append(nxt.raw)
-            prev = ctypes.create_string_buffer(nxt.raw, ksize)
         out = []
-        for k in keys:
+        for k in r.keys(fd, ksize):
             kb = ctypes.create_string_buffer(k, ksize)
             vals = self._take(fd, kb, agg) if reset else r.values(fd, kb, vsize, agg["per_cpu"])
             if vals is not None:

@@ -66,3 +66,26 @@ def hookql_cmd() -> list[str]:
     if beside.is_file():
         return [str(beside)]
     return [sys.executable, "-m", "hookql"]
+
+
+def held_programs(pid: int) -> set[int]:
+    """The ids of the BPF programs process `pid` holds (program and link descriptors): its own, never
+    anything else on the host that happens to share a name."""
+    ids = set()
+    fdinfo = Path(f"/proc/{pid}/fdinfo")
+    for f in fdinfo.iterdir() if fdinfo.is_dir() else ():
+        try:
+            text = f.read_text()
+        except OSError:
+            continue  # closed meanwhile
+        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
+    return ids
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 nobody listens on now."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

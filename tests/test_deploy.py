@@ -29,7 +29,7 @@ import pytest
 
 yaml = pytest.importorskip("yaml")
 
-from conftest import REPO, hookql_cmd  # noqa: E402
+from conftest import REPO, free_port, hookql_cmd  # noqa: E402
 
 DEPLOY = REPO / "deploy"
 UNIT = DEPLOY / "hookql.service"
@@ -533,12 +533,6 @@ def test_what_run_calls_is_inside_the_units_syscall_filter(nobody_dir):
 
 
 # -- hookql serve with the deployed capabilities -----------------------------------------------------------
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def get(url: str) -> tuple[int, str]:

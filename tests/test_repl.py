@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hookql_cmd
+from conftest import held_programs, hookql_cmd
 
 pytestmark = pytest.mark.skipif(not shutil.which("tmux"), reason="tmux is not installed (bin/setup installs it)")
 WORKLOAD = Path(__file__).with_name("workload.py")
@@ -62,20 +62,6 @@ def screen(tmp_path):
     s = Screen(tmp_path)
     yield s
     s.close()
-
-
-def held_programs(pid: int) -> set[int]:
-    """The ids of the BPF programs process `pid` holds (program and link descriptors): the REPL's own,
-    never anything else on the host that happens to share a name."""
-    ids = set()
-    fdinfo = Path(f"/proc/{pid}/fdinfo")
-    for f in fdinfo.iterdir() if fdinfo.is_dir() else ():
-        try:
-            text = f.read_text()
-        except OSError:
-            continue  # closed meanwhile
-        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
-    return ids
 
 
 def gone(ids: set[int], timeout: float = 10) -> bool:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hookql_cmd
+from conftest import free_port, held_programs, hookql_cmd
 
 ROOT = os.geteuid() == 0
 CHURN_SECONDS = float(os.environ.get("HOOKQL_CHURN_SECONDS", "60"))
@@ -61,25 +61,6 @@ elif mode == "churn":
         time.sleep(max(0.0, t0 - time.monotonic()))
 print(n, flush=True)
 '''
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def held_programs(pid: int) -> set[int]:
-    """The ids of the BPF programs process `pid` holds (program and link descriptors)."""
-    ids = set()
-    fdinfo = Path(f"/proc/{pid}/fdinfo")
-    for f in fdinfo.iterdir() if fdinfo.is_dir() else ():
-        try:
-            text = f.read_text()
-        except OSError:
-            continue  # closed meanwhile
-        ids |= {int(line.split()[1]) for line in text.splitlines() if line.startswith("prog_id:")}
-    return ids
 
 
 def wait_for(pred, what: str, timeout: float = 120):

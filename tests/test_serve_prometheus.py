@@ -24,7 +24,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import hookql_cmd
+from conftest import free_port, hookql_cmd
 
 PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
@@ -93,12 +93,6 @@ def as_comm(comm: str, fn, *args):
     if "error" in got:
         raise got["error"]
     return got.get("value")
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_for(pred, what: str, timeout: float = 60.0, every: float = 0.05):

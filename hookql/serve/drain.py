@@ -80,18 +80,11 @@ class Drainer:
             if vals is None:
                 return []
             if take:
-                stride = (vsize + 7) // 8 * 8
-                zero = ctypes.create_string_buffer(stride * r.ncpus)
-                libbpf.check_int(self.l.bpf_map_update_elem(fd, ctypes.byref(ZERO), zero, 0),
-                                 "bpf_map_update_elem", agg["map"])
+                r.zero(fd, ctypes.byref(ZERO), vsize, agg["map"])
             return [(b"", value_of(agg["func"], vals, buckets))]
         ksize = agg["key_size"]
-        keys, nxt, prev = [], ctypes.create_string_buffer(ksize), None
-        while self.l.bpf_map_get_next_key(fd, prev, nxt) == 0:  # every key first: deleting while walking restarts
-            keys.append(nxt.raw)
-            prev = ctypes.create_string_buffer(nxt.raw, ksize)
         out = []
-        for k in keys:
+        for k in r.keys(fd, ksize):
             kb = ctypes.create_string_buffer(k, ksize)
             vals = r.values(fd, kb, vsize, per_cpu)
             if vals is None:
