@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, errors, hookql_cmd, one_error
+from conftest import errors, hookql_cmd, one_error
 
 BIND, CONNECT, SENDTO = (f"tracepoint:syscalls:sys_enter_{s}" for s in ("bind", "connect", "sendto"))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")

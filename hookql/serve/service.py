@@ -46,7 +46,6 @@ class Service:
         self.epochs: dict[str, int] = {}  # script path -> its live version's epoch
         self.stats_fd = -1
         self.signals: list[int] = []
-        self.started = time.time()
         self._ksyms = None
         self._events = []  # (unit, ring buffer, printer)
 
