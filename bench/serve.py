@@ -115,7 +115,8 @@ def main() -> int:
             time.sleep(args.idle)
             idle = (cpu_seconds(svc.pid) - c0) / (time.monotonic() - t0) * 100
             result = {"series": args.series, "scrape_ms_median": statistics.median(times) * 1000,
-                      "scrape_ms_max": max(times) * 1000, "idle_cpu_percent": idle,
+                      "scrape_ms_max": max(times) * 1000, "scrape_ms_all": [round(t * 1000, 1) for t in times],
+                      "idle_cpu_percent": idle,
                       "rss_mib": status_kib(svc.pid, "VmRSS") / 1024, "peak_rss_mib": status_kib(svc.pid, "VmHWM") / 1024,
                       "machine": f"{os.uname().release}, {os.cpu_count()} CPUs"}
         finally:

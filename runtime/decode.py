@@ -174,6 +174,49 @@ class MapReader:
             prev = ctypes.create_string_buffer(nxt.raw, key_size)
         return keys
 
+    BATCH = 4096  # entries a batch call moves
+
+    def entries(self, fd: int, key_size: int, value_size: int, per_cpu: bool, take: bool = False):
+        """(key bytes, per-CPU values) of every entry of a hash map, read (or, take=True, read and removed) a
+        batch of entries a system call (BPF_MAP_LOOKUP_BATCH, 5.6); a kernel or map without batches is read
+        a key at a time.  Only for maps no program writes meanwhile when take is set."""
+        stride = (value_size + 7) // 8 * 8
+        n = self.ncpus if per_cpu else 1
+        keys = ctypes.create_string_buffer(key_size * self.BATCH)
+        vals = ctypes.create_string_buffer(stride * n * self.BATCH)
+        token_in, token_out = ctypes.create_string_buffer(max(key_size, 8)), ctypes.create_string_buffer(max(key_size, 8))
+        call = self.l.bpf_map_lookup_and_delete_batch if take else self.l.bpf_map_lookup_batch
+        out, first = [], True
+        while True:
+            count = ctypes.c_uint32(self.BATCH)
+            ret = call(fd, None if first else token_in, token_out, keys, vals, ctypes.byref(count), None)
+            err = -ret if ret < 0 else 0
+            if err and err != _errno.ENOENT:
+                if first and err in (_errno.EINVAL, _errno.EOPNOTSUPP, _errno.ENOTSUP, 524):
+                    return self._entries_one_by_one(fd, key_size, value_size, per_cpu, take)
+                raise libbpf.LibbpfError(err, "bpf_map_lookup_batch")
+            kr, vr = keys.raw, vals.raw
+            for i in range(count.value):
+                v = vr[i * stride * n: (i + 1) * stride * n]
+                out.append((kr[i * key_size: (i + 1) * key_size],
+                            [v[c * stride: c * stride + value_size] for c in range(n)]))
+            if err == _errno.ENOENT:  # the last batch (possibly with entries)
+                return out
+            ctypes.memmove(token_in, token_out, len(token_out))
+            first = False
+
+    def _entries_one_by_one(self, fd: int, key_size: int, value_size: int, per_cpu: bool, take: bool):
+        out = []
+        for k in self.keys(fd, key_size):
+            kb = ctypes.create_string_buffer(k, key_size)
+            vals = self.values(fd, kb, value_size, per_cpu)
+            if vals is None:
+                continue
+            if take:
+                self.l.bpf_map_delete_elem(fd, kb)
+            out.append((k, vals))
+        return out
+
     def zero(self, fd: int, key, value_size: int, name: str) -> None:
         """Zero a per-CPU array's value on every CPU (an unkeyed aggregation taken or reset)."""
         stride = (value_size + 7) // 8 * 8

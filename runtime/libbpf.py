@@ -69,6 +69,10 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_map_update_elem": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p, ctypes.c_uint64]),
     "bpf_map_delete_elem": (ctypes.c_int, [ctypes.c_int, c_void_p]),
     "bpf_map_lookup_and_delete_elem": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p]),
+    "bpf_map_lookup_batch": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p, c_void_p, c_void_p,
+                                            ctypes.POINTER(c_u32), c_void_p]),
+    "bpf_map_lookup_and_delete_batch": (ctypes.c_int, [ctypes.c_int, c_void_p, c_void_p, c_void_p, c_void_p,
+                                                       ctypes.POINTER(c_u32), c_void_p]),
     "bpf_enable_stats": (ctypes.c_int, [ctypes.c_int]),
     # ring buffers
     "ring_buffer__new": (c_void_p, [ctypes.c_int, c_void_p, c_void_p, c_void_p]),

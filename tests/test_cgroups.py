@@ -5,7 +5,7 @@ drivers, kubepods slices, nesting); the cgroup2 mount from mountinfo; the resolv
 once a second, removed cgroups, bounds, no symlinks) on a directory tree built here; the checker's rules; the C
 event printer with a resolver given here.  As root: real cgroup v2 directories named as the runtimes name them,
 a workload moved into each, `hookql run` natively on tracepoint:syscalls:sys_enter_getppid, the labels checked
-exactly and the paths next to bpftrace 0.17's cgroup_path().
+exactly and the paths next to bpftrace 0.17's cgroup_path(); and `hookql serve`'s /metrics labels of the same.
 """
 import ctypes
 import io
@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from conftest import errors, hookql_cmd, one_error
+from test_serve import Serve, wait_for
 from hookql.runtime import cgroups as C
 
 TP = "tracepoint:syscalls:sys_enter_getppid"
@@ -597,3 +598,50 @@ def test_text_table_of_real_cgroups(tmp_path, cgroup_top):
     assert r.returncode == 0 and done.exists(), r.stderr
     assert r.stdout.count(f"container={ID[:12]} pod=\n") == 3, r.stdout
     assert re.search(rf"^  CONTAINER\s+CGROUP\s+COUNT\n  {ID[:12]}\s+{re.escape(rel)}\s+3$", r.stdout, re.M), r.stdout
+
+
+@needs_root
+def test_serve_labels_of_real_cgroups(tmp_path, cgroup_top):
+    """`hookql serve`: the /metrics labels of a docker container (systemd driver), a kubepods containerd one
+    and a host service, exactly; a cgroup removed before any scrape resolved it: `cgroup:ID` in all three
+    labels, every event counted; one resolved, then removed: its labels stay."""
+    mount, top = cgroup_top
+    paths = _runtime_paths(top)
+    docker, kpod, host = paths[0], paths[2], (f"{top}/system.slice/hq-test.service", "", "")
+    cases = [docker, kpod, host]
+    for rel, _, _ in cases:
+        os.makedirs(mount + rel)
+    gone = f"{top}/system.slice/docker-{uuid.uuid4().hex * 2}.scope"
+    comm = "hq" + uuid.uuid4().hex[:10]
+    plan = [(comm, rel, n, False) for (rel, _, _), n in zip(cases, (3, 5, 7))] + [(comm, gone, 11, True)]
+    (tmp_path / "c.hq").write_text(f'on {TP} where comm == "{comm}" '
+                                   '{ count by container, pod, cgroup as by_container }\n')
+    wl = tmp_path / "mover.py"
+    wl.write_text(MOVER)
+    done = tmp_path / "done"
+    s = Serve(tmp_path, "--drain-interval", "200ms", str(tmp_path / "c.hq"))
+    try:
+        r = subprocess.run([sys.executable, str(wl), mount, json.dumps(plan), str(done)], capture_output=True,
+                           text=True, timeout=60)  # no scrape meanwhile: nothing resolved the short-lived one
+        assert r.returncode == 0, r.stderr
+        gone_id = json.loads(done.read_text())[gone]
+        name = "hookql_by_container_total"
+
+        def got():
+            return {(l["container"], l["pod"], l["cgroup"]): v for n, l, v in s.samples() if n == name}
+
+        wait_for(lambda: sum(got().values()) >= 26, "every call drained")
+        fb = f"cgroup:{gone_id}"
+        want = {(c, p, rel): float(n) for (rel, c, p), n in zip(cases, (3, 5, 7))} | {(fb, fb, fb): 11.0}
+        assert got() == want
+        assert re.fullmatch(r"[0-9a-f]{12}", docker[1]) and re.fullmatch(r"[0-9a-f]{12}", kpod[1])
+        assert re.fullmatch(r"[0-9a-f]{8}(-[0-9a-f]{4}){3}-[0-9a-f]{12}", kpod[2]) and docker[2] == ""
+        # resolved once, then removed: the labels stay; the unknown one keeps its fallback
+        os.rmdir(mount + docker[0])
+        assert got() == want
+        kernel = [(l, v) for n, l, v in s.samples() if n == "hookql_kernel_events_total" and v]
+        assert kernel == []  # nothing lost in the kernel
+        assert s.stop() == 0
+        assert "Traceback" not in s.log()
+    finally:
+        s.stop()

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from hookql import runargs
 
-DEFAULT_LISTEN = "127.0.0.1:9437"  # not 9437: ebpf_exporter, which may run on the same node, has that
+DEFAULT_LISTEN = "127.0.0.1:9437"  # not 9435: ebpf_exporter, which may run on the same node, has that
 
 DEFAULT_SERIES_CAP = 1000
 DEFAULT_DRAIN = "10s"

@@ -82,14 +82,5 @@ class Drainer:
             if take:
                 r.zero(fd, ctypes.byref(ZERO), vsize, agg["map"])
             return [(b"", value_of(agg["func"], vals, buckets))]
-        ksize = agg["key_size"]
-        out = []
-        for k in r.keys(fd, ksize):
-            kb = ctypes.create_string_buffer(k, ksize)
-            vals = r.values(fd, kb, vsize, per_cpu)
-            if vals is None:
-                continue
-            if take:
-                self.l.bpf_map_delete_elem(fd, kb)
-            out.append((k, value_of(agg["func"], vals, buckets)))
-        return out
+        return [(k, value_of(agg["func"], vals, buckets))
+                for k, vals in r.entries(fd, agg["key_size"], vsize, per_cpu, take)]

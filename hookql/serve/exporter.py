@@ -57,7 +57,9 @@ def labels_of(service, unit, agg: dict, raw: bytes) -> tuple:
             unit.drainer.reader.stacks(unit.obj.map_fd("hq_stacks"), agg, rows, service.ksyms)
             key = rows[0].key
         got = tuple(label_value(key[f["name"]], f) for f in agg["by"])
-        if len(cache) < 100_000:
+        unresolved = any(v.startswith("cgroup:") for v, f in zip(got, agg["by"])  # the resolver may know it later
+                         if f["display"] in ("cgroup", "container", "pod"))
+        if len(cache) < 100_000 and not unresolved:
             cache[raw] = got
     return got
 

@@ -75,10 +75,24 @@ def help_text(agg: dict, where: str) -> str:
     return f"{text} on {agg['probe']} ({where}:{agg['line']})"
 
 
+# The service's own metrics (selfmetrics.py): no aggregation may take one of these names.
+RESERVED = {"hookql_build_info", "hookql_script_info", "hookql_reloads", "hookql_drains", "hookql_probe_runs",
+            "hookql_probe_run_seconds", "hookql_kernel_events", "hookql_deny", "hookql_map_entries",
+            "hookql_map_capacity", "hookql_series", "hookql_series_overflow"}
+
+
 def unique(names: list[str]) -> list[str]:
-    seen: dict[str, int] = {}
+    """Names as given, but for a later one that would be the same family as an earlier one or a self-metric
+    (`x` and `x_total` are one counter family): _2, _3... in order.  Two families of one name make the whole
+    exposition invalid, and Prometheus would reject every scrape."""
+    taken = set(RESERVED)
     out = []
     for n in names:
-        seen[n] = seen.get(n, 0) + 1
-        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+        base = n[:-len("_total")] if n.endswith("_total") else n
+        name, i = base, 1
+        while name in taken:
+            i += 1
+            name = f"{base}_{i}"
+        taken.add(name)
+        out.append(name)
     return out

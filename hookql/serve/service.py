@@ -257,7 +257,7 @@ class Service:
                 units.append(u)
             if not units:
                 raise BuildFailed(f"no *.hq script in {', '.join(self.opts.paths)}")
-        except BuildFailed as exc:
+        except (BuildFailed, OSError) as exc:  # OSError: out of descriptors, memory...: the set stays too
             self.reloads["error"] += 1
             self.log(f"error: reload failed, the running scripts stay as they were:\n{exc}")
             return
@@ -268,7 +268,7 @@ class Service:
                 self._version(u)
                 u.start(self.opts.enforce, self.opts.map_entries, self._epochs())
                 started.append(u)
-        except (LoadError, LibbpfError, BuildFailed) as exc:
+        except (LoadError, LibbpfError, BuildFailed, OSError) as exc:
             with self.lock:
                 for u in started:  # never live: nothing of theirs to keep
                     u.stop()

@@ -22,7 +22,11 @@ def script_paths(args: list[str]) -> list[str]:
     out: list[str] = []
     for a in args:
         if os.path.isdir(a):
-            out += sorted(os.path.join(a, f) for f in os.listdir(a)
+            try:  # gone since, or no descriptor left: an error to log, never the service's end
+                names = os.listdir(a)
+            except OSError as exc:
+                raise BuildFailed(f"{a}: cannot list it: {exc.strerror}") from None
+            out += sorted(os.path.join(a, f) for f in names
                           if f.endswith(".hq") and not f.startswith(".") and os.path.isfile(os.path.join(a, f)))
         elif os.path.isfile(a):
             out.append(a)
