@@ -84,7 +84,7 @@ class Service:
                 raise BuildFailed(f"no *.hq script in {', '.join(self.opts.paths)}")
             self.kernel, self.mode = K.running(), features.func_mode()
             for u in units:
-                u.build(self.kernel, self.mode)
+                u.build(self.kernel, self.mode, self.opts.series_cap)
                 for w in u.warnings:
                     self.log(w)
         except BuildFailed as exc:
@@ -251,7 +251,7 @@ class Service:
                 if same is not None and same.digest == u.digest:
                     units.append(same)  # unchanged: its programs, maps and counts stay
                     continue
-                u.build(self.kernel, self.mode)
+                u.build(self.kernel, self.mode, self.opts.series_cap)
                 for w in u.warnings:
                     self.log(w)
                 units.append(u)

@@ -54,7 +54,7 @@ class Unit:
     def name(self) -> str:
         return os.path.basename(self.path)
 
-    def build(self, kernel, func_mode: str) -> None:
+    def build(self, kernel, func_mode: str, series_cap: int | None = None) -> None:
         from hookql.cli import _source
         from hookql.codegen.build import BuildError
         from hookql.codegen.escape import UnsafeCText
@@ -62,6 +62,10 @@ class Unit:
         from hookql.pipeline import check_source, compile_checked
 
         result = check_source(_source(self.path, self.text), kernel)
+        if result.ok and series_cap is not None:  # what `hookql check --serve` says: keys the cap will fold
+            from hookql.serve.lint import warn_unbounded_keys
+
+            warn_unbounded_keys(result.checked, result.diagnostics, series_cap)
         diags = result.diagnostics.sorted()
         if not result.ok:
             raise BuildFailed("\n".join(d.render() for d in diags))
