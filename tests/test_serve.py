@@ -480,7 +480,10 @@ def test_start_without_privileges_names_the_capabilities(tmp_path):
         script = d / "s.hq"
         script.write_text(reload_script('comm == "x"'))
         script.chmod(0o644)
-        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all",
+        # CAP_DAC_READ_SEARCH only: the venv's Python may live where nobody cannot go (pyenv's, under /root,
+        # 0700, on CI); it is not one of the capabilities that loading BPF needs
+        user = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups",
+                "--inh-caps=-all,+dac_read_search", "--ambient-caps=+dac_read_search",
                 "env", f"XDG_CACHE_HOME={d}/cache"]
         err = serve_fails(d, "--listen", f"127.0.0.1:{free_port()}", str(script), user=user)
         lines = err.strip().splitlines()
