@@ -89,3 +89,15 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def bpftrace_attached(program: str, env=None) -> subprocess.Popen:
+    """bpftrace running `program`, returned once every probe is attached: a BEGIN block runs only then, and
+    bpftrace 0.17 prints "Attaching N probes..." before it attaches.  The test fails when it does not start."""
+    bt = subprocess.Popen(["bpftrace", "-e", 'BEGIN { printf("hq-ready\\n"); }\n' + program],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    seen = [bt.stdout.readline() for _ in range(2)]  # "Attaching N probes...", then BEGIN's line
+    if "hq-ready" not in seen[-1]:
+        bt.kill()
+        pytest.fail(f"bpftrace did not attach: {''.join(seen)}{bt.stderr.read()}")
+    return bt

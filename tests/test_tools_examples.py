@@ -14,7 +14,7 @@ import uuid
 
 import pytest
 
-from conftest import REPO, check, hookql_cmd
+from conftest import REPO, bpftrace_attached, check, hookql_cmd
 
 root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 EXAMPLES = ["syscount", "pidpersec", "killsnoop", "tcpretrans"]
@@ -204,14 +204,8 @@ def test_tcpretrans_counts_retransmissions_as_bpftrace_does(tmp_path):
     wl.write_text(TCPRETRANS_WL)
     inner = f"ip link set lo up && exec {sys.executable} {wl} {port} {sport4} {sport6}"
     env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
-    bt = subprocess.Popen(["bpftrace", "-e", 'BEGIN { printf("hq-ready\\n"); } '
-                           f"tracepoint:tcp:tcp_retransmit_skb /args->dport == {port}/ "
-                           "{ @[args->family, args->sport, args->state] = count(); }"],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    seen = [bt.stdout.readline() for _ in range(2)]  # "Attaching N probes...", then BEGIN's: all attached
-    if "hq-ready" not in seen[-1]:
-        bt.kill()
-        pytest.fail(f"bpftrace did not attach: {''.join(seen)}{bt.stderr.read()}")
+    bt = bpftrace_attached(f"tracepoint:tcp:tcp_retransmit_skb /args->dport == {port}/ "
+                           "{ @[args->family, args->sport, args->state] = count(); }")
     try:
         r = subprocess.run(hookql_cmd() + ["run", "--format", "json", str(script), "-c",
                                            f"unshare -n sh -c '{inner}'"],

@@ -17,7 +17,7 @@ import uuid
 
 import pytest
 
-from conftest import errors, hookql_cmd, one_error
+from conftest import bpftrace_attached, errors, hookql_cmd, one_error
 
 BIND, CONNECT, SENDTO = (f"tracepoint:syscalls:sys_enter_{s}" for s in ("bind", "connect", "sendto"))
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
@@ -181,7 +181,7 @@ def _free_port(fam: int, kind: int) -> int:
 def _bpftrace_script(comm: str) -> str:
     probes = [BPFTRACE.replace("WHAT", what).replace("PTR", ptr).replace("COMM", comm)
               for what, ptr in (("bind", "umyaddr"), ("connect", "uservaddr"))]
-    return 'BEGIN { printf("hq-ready\\n"); }\n' + "".join(probes)  # BEGIN runs once every probe is attached
+    return "".join(probes)
 
 
 @needs_root
@@ -197,12 +197,7 @@ def test_exact_counts_next_to_bpftrace(tmp_path):
     script = tmp_path / "usa.hq"
     script.write_text(SCRIPT.format(BIND=BIND, CONNECT=CONNECT, SENDTO=SENDTO, comm=comm))
     env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
-    bt = subprocess.Popen(["bpftrace", "-e", _bpftrace_script(comm)], stdout=subprocess.PIPE,
-                          stderr=subprocess.PIPE, text=True)
-    seen = [bt.stdout.readline() for _ in range(2)]  # "Attaching N probes...", then BEGIN's: all attached
-    if "hq-ready" not in seen[-1]:
-        bt.kill()
-        pytest.fail(f"bpftrace did not attach: {''.join(seen)}{bt.stderr.read()}")
+    bt = bpftrace_attached(_bpftrace_script(comm))
     try:
         r = subprocess.run(hookql_cmd() + ["run", "--format", "json", str(script), "-c",
                                            f"{sys.executable} {wl} {comm} {p4} {p6} {u4} {u6} {n4} {n6}"],
