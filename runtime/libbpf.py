@@ -78,6 +78,7 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "ring_buffer__new": (c_void_p, [ctypes.c_int, c_void_p, c_void_p, c_void_p]),
     "ring_buffer__poll": (ctypes.c_int, [c_void_p, ctypes.c_int]),
     "ring_buffer__consume": (ctypes.c_int, [c_void_p]),
+    "ring_buffer__epoll_fd": (ctypes.c_int, [c_void_p]),
     "ring_buffer__free": (None, [c_void_p]),
 }
 

@@ -110,6 +110,8 @@ class Session:
                                        stacks=stacks)
             rb = libbpf.check_ptr(l.ring_buffer__new(obj.map_fd("hq_events"), self.events.sample_fn,
                                                      self.events.ctx, None), "ring_buffer__new")
+        wake = _Wake(child.pid if child is not None else 0, self.opts.pid or 0,
+                     l.ring_buffer__epoll_fd(rb) if rb else -1)
         try:
             start = time.monotonic()
             self._last_print = time.time()
@@ -125,15 +127,22 @@ class Session:
                 if next_print is not None and now >= next_print:
                     self.print_all(obj)
                     next_print += self.opts.every
+                # sleep until something happens: an event, the child's or -p's exit, a signal, or the next
+                # print or the end of --duration (a poll tick only where a process cannot be watched by pidfd)
+                timeout = wake.tick
+                if self.opts.duration is not None:
+                    timeout = min(timeout, start + self.opts.duration - now)
+                if next_print is not None:
+                    timeout = min(timeout, next_print - now)
+                wake.wait(max(timeout, 0))
                 if rb:
-                    l.ring_buffer__poll(rb, POLL_MS)  # -EINTR on a signal: the loop checks why
+                    l.ring_buffer__consume(rb)
                     self.events.flush()
-                else:
-                    time.sleep(POLL_MS / 1000)
             if rb:
                 l.ring_buffer__consume(rb)  # what arrived before the stop still prints
                 self.events.flush()
         finally:
+            wake.close()
             if rb:
                 l.ring_buffer__free(rb)
                 self.events.close()
@@ -362,6 +371,49 @@ class IntervalReader:
             return int(s / c) if c else None  # integer mean, as decode.combine prints it
         delta = total - (before or 0)
         return delta or None
+
+
+class _Wake:
+    """What ends the run loop's wait at once: the -c child's or the -p process's exit (a pidfd, readable when
+    it exits), a signal (Python writes its number to the wakeup fd as it arrives), an event in the ring buffer
+    (its epoll fd).  Without a pidfd (before 5.3, or not allowed) the loop looks every POLL_MS."""
+
+    def __init__(self, child: int, watched: int, ring_fd: int):
+        import select
+
+        self.poll = select.poll()
+        self.r, self.w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        self.old = _signal.set_wakeup_fd(self.w, warn_on_full_buffer=False)
+        self.fds = [self.r, self.w]
+        self.tick = 3600.0
+        for pid in (child, watched):
+            if pid:
+                try:
+                    fd = os.pidfd_open(pid)
+                except (OSError, AttributeError):
+                    self.tick = POLL_MS / 1000
+                    continue
+                self.fds.append(fd)
+                self.poll.register(fd, select.POLLIN)
+        self.poll.register(self.r, select.POLLIN)
+        if ring_fd >= 0:
+            self.poll.register(ring_fd, select.POLLIN)
+
+    def wait(self, seconds: float) -> None:
+        try:
+            self.poll.poll(int(seconds * 1000) + 1)
+        except InterruptedError:
+            pass
+        try:
+            while os.read(self.r, 64):
+                pass
+        except BlockingIOError:
+            pass
+
+    def close(self) -> None:
+        _signal.set_wakeup_fd(self.old)
+        for fd in self.fds:
+            os.close(fd)
 
 
 def _alive(pid: int) -> bool:
