@@ -101,3 +101,35 @@ def bpftrace_attached(program: str, env=None) -> subprocess.Popen:
         bt.kill()
         pytest.fail(f"bpftrace did not attach: {''.join(seen)}{bt.stderr.read()}")
     return bt
+
+
+class BpftracePrinting:
+    """bpftrace running a program that prints per event (printf), attached (its BEGIN ran), its lines
+    collected as it prints them.  It reads its perf buffer in rounds, and a SIGINT can end it before it read
+    the last events: wait `until` the lines a workload made are all there, then `stop`."""
+
+    def __init__(self, program: str):
+        import threading
+
+        self.proc = bpftrace_attached(program)
+        self.lines: list[str] = []
+        self.reader = threading.Thread(target=lambda: self.lines.extend(iter(self.proc.stdout.readline, "")),
+                                       daemon=True)
+        self.reader.start()
+
+    def until(self, done, timeout: float = 30) -> None:
+        """Wait until done(the lines so far) (or timeout seconds: the test's own assertion then says what is
+        missing)."""
+        import time
+
+        deadline = time.monotonic() + timeout
+        while not done(list(self.lines)) and time.monotonic() < deadline:
+            time.sleep(0.05)
+
+    def stop(self) -> str:
+        import signal
+
+        self.proc.send_signal(signal.SIGINT)
+        self.proc.wait(timeout=60)
+        self.reader.join(timeout=60)
+        return "".join(self.lines)

@@ -13,7 +13,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -22,7 +21,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import errors, hookql_cmd, one_error
+from conftest import BpftracePrinting, errors, hookql_cmd, one_error
 from test_serve import Serve, wait_for
 from hookql.runtime import cgroups as C
 
@@ -542,21 +541,14 @@ def test_labels_of_real_cgroups(tmp_path, cgroup_top):
     wl = tmp_path / "mover.py"
     wl.write_text(MOVER)
     done = tmp_path / "done"
-    # BEGIN fires once every probe is attached: "ready" says no event of the workload can be missed
-    bt = subprocess.Popen(["bpftrace", "-e", 'BEGIN { printf("ready\\n"); } '
-                           f'{TP} /comm == "{comm}"/ {{ printf("<%llu %s>\\n", cgroup, cgroup_path(cgroup)); }}'],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    lines = [bt.stdout.readline(), bt.stdout.readline()]
-    if lines[-1] != "ready\n":
-        bt.kill()
-        pytest.fail(f"bpftrace did not attach: {''.join(lines)}{bt.stderr.read()}")
+    bt = BpftracePrinting(f'{TP} /comm == "{comm}"/ {{ printf("<%llu %s>\\n", cgroup, cgroup_path(cgroup)); }}')
     try:
         r = subprocess.run(hookql_cmd() + ["run", "--format", "json", "-e", script, "-c",
                                            f"{sys.executable} {wl} {mount} '{json.dumps(plan)}' {done}"],
                            capture_output=True, text=True, timeout=120)
+        bt.until(lambda lines: sum(l.startswith("<") for l in lines) >= sum(i + 1 for i in range(len(cases))))
     finally:
-        bt.send_signal(signal.SIGINT)
-        bt_out, _ = bt.communicate(timeout=60)
+        bt_out = bt.stop()
     assert r.returncode == 0 and done.exists(), r.stderr
     gone_id = json.loads(done.read_text())[gone]
     objs = [json.loads(l) for l in r.stdout.splitlines()]

@@ -7,7 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
 import struct
 import subprocess
 import sys
@@ -16,7 +15,7 @@ import uuid
 
 import pytest
 
-from conftest import errors, hookql_cmd, one_error
+from conftest import BpftracePrinting, errors, hookql_cmd, one_error
 
 TP = "tracepoint:syscalls:sys_enter_getppid"
 needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
@@ -321,12 +320,7 @@ def test_emit_walltime_and_kstack_in_text_and_columns(tmp_path):
 @pytest.mark.skipif(not shutil.which("bpftrace"), reason="bpftrace is the oracle")
 def test_emit_kstack_has_bpftraces_frames(tmp_path):
     comm = "hq" + uuid.uuid4().hex[:10]
-    bt = subprocess.Popen(["bpftrace", "-e", f'{TP} /comm == "{comm}"/ {{ printf("<%s>%s\\n", comm, kstack); }}'],
-                          stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    line = bt.stdout.readline()
-    if "Attaching" not in line:
-        bt.kill()
-        pytest.fail(f"bpftrace did not attach: {line}{bt.stderr.read()}")
+    bt = BpftracePrinting(f'{TP} /comm == "{comm}"/ {{ printf("<%s>%s\\n", comm, kstack); }}')
     try:
         wl = tmp_path / "caller.py"
         wl.write_text(CALLER)
@@ -334,9 +328,9 @@ def test_emit_kstack_has_bpftraces_frames(tmp_path):
                                            f'on {TP} where comm == "{comm}" {{ emit kstack }}', "-c",
                                            f"{sys.executable} {wl} {comm} 2 0"],
                            capture_output=True, text=True, timeout=120)
+        bt.until(lambda lines: sum(l.startswith(f"<{comm}>") for l in lines) >= 2)
     finally:
-        bt.send_signal(signal.SIGINT)
-        bt_out, _ = bt.communicate(timeout=60)
+        bt_out = bt.stop()
     assert r.returncode == 0, r.stderr
     ours = [json.loads(l)["event"]["kstack"] for l in r.stdout.splitlines() if l.startswith('{"probe"')]
     theirs = [m.split() for m in re.findall(rf"^<{comm}>\n((?:        \S+\n)+)", bt_out, re.M)]
