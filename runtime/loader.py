@@ -16,10 +16,11 @@ from hookql.runtime.libbpf import LibbpfError
 class LoadError(Exception):
     """Loading or attaching failed; the message says why and what to do."""
 
-    def __init__(self, message: str, hint: str | None = None, log: str = ""):
+    def __init__(self, message: str, hint: str | None = None, log: str = "", refused: bool = False):
         super().__init__(message)
         self.hint = hint
         self.log = log
+        self.refused = refused  # this kernel cannot run the hook this way at all (not a wrong program)
 
 
 class Attached:
@@ -94,13 +95,16 @@ class BpfObject:
 
     # -- before load --
     def configure(self, pid: int = 0, enforce: bool = False, map_entries: int | None = None,
-                  ringbuf_size: int | None = None, live: tuple[int, int, int] | None = None) -> None:
+                  ringbuf_size: int | None = None, live: tuple[int, int, int] | None = None,
+                  cgroup: int = 0) -> None:
         """Set the program's read-only config (hq_cfg) and map sizes.  live: for an object built for
-        `hookql serve`, (the service's hq_epoch map fd, this script's slot, this version's epoch)."""
+        `hookql serve`, (the service's hq_epoch map fd, this script's slot, this version's epoch).
+        cgroup: count only the events of tasks in this cgroup (v2 id; `hookql test`'s workload scope)."""
         cfg = self.l.bpf_object__find_map_by_name(self.obj, b".rodata.hq_cfg")
         if not cfg:
             raise LoadError(f"{self.path} is not a HookQL object (no hq_cfg)")
-        data = pid.to_bytes(4, "little") + int(enforce).to_bytes(4, "little")  # struct hq_config
+        data = (pid.to_bytes(4, "little") + int(enforce).to_bytes(4, "little")  # struct hq_config
+                + cgroup.to_bytes(8, "little"))
         if self.layout.get("serve"):
             fd, slot, epoch = live or (-1, 0, 0)
             data += slot.to_bytes(4, "little") + epoch.to_bytes(4, "little")
@@ -227,7 +231,7 @@ def _load_error(err: int, layout: dict) -> LoadError:
         return LoadError(f"cannot attach {what}: this kernel {why}",
                          hint or "BPF trampolines (fentry/fexit/LSM programs) need an ftrace the kernel lets BPF "
                                  "modify; this one refuses. Run it on a stock distribution kernel (or the VM "
-                                 "of the kernel test tier)", _log())
+                                 "of the kernel test tier)", _log(), refused=True)
     if err in (errno.ESRCH, errno.ENOENT):
         return LoadError(f"{what}: the hook is missing from this kernel ({errno.errorcode.get(err)})",
                          "check the script with `hookql check` on this kernel", _log())

@@ -27,12 +27,13 @@ class RunOptions:
     def __init__(self, duration: float | None = None, every: float | None = None, command: str | None = None,
                  pid: int | None = None, format: str = "text", enforce: bool = False, verbose: bool = False,
                  map_entries: int | None = None, ringbuf_size: int | None = None, interval: bool = False,
-                 top: int | None = None, emit_format: str = "kv"):
+                 top: int | None = None, emit_format: str = "kv", cgroup: int = 0):
         self.duration, self.every, self.command, self.pid, self.format = duration, every, command, pid, format
         self.enforce, self.verbose, self.map_entries, self.ringbuf_size = enforce, verbose, map_entries, ringbuf_size
         self.interval = interval  # print each interval's values (since the last print), not running totals
         self.top = top  # print at most this many rows of each keyed aggregation
         self.emit_format = emit_format  # emit's text form: kv (name=value) or columns
+        self.cgroup = cgroup  # count only tasks in this cgroup (v2 id): `hookql test`'s workload scope
 
 
 class Session:
@@ -47,6 +48,7 @@ class Session:
         self.stopped_by: int | None = None  # the signal that ended the run
         self.pending = pending if pending is not None else []  # signals noted before the run (hookql/cli.py)
         self.events = None  # runtime/events.py, once loaded
+        self.lost: list[str] = []  # what the exit report warned was lost (hookql test fails a case on it)
         self._deltas = None  # --interval: what was already printed (IntervalReader)
         self._intervals = 0
         self._last_print = time.time()
@@ -64,7 +66,8 @@ class Session:
         try:
             libbpf.keep_debug = self.opts.verbose
             with BpfObject(self.obj, self.layout) as obj:
-                obj.configure(self.opts.pid or 0, self.opts.enforce, self.opts.map_entries, self.opts.ringbuf_size)
+                obj.configure(self.opts.pid or 0, self.opts.enforce, self.opts.map_entries, self.opts.ringbuf_size,
+                              cgroup=self.opts.cgroup)
                 obj.load()
                 if self.stopped_by is not None:  # stopped before anything attached: nothing to print
                     return 128 + self.stopped_by
@@ -95,7 +98,8 @@ class Session:
         import subprocess
 
         try:
-            return subprocess.Popen(shlex.split(self.opts.command))
+            argv = self.opts.command if isinstance(self.opts.command, list) else shlex.split(self.opts.command)
+            return subprocess.Popen(argv)
         except (OSError, ValueError) as exc:
             raise LoadError(f"cannot run -c {self.opts.command!r}: {getattr(exc, 'strerror', None) or exc}")
 
@@ -231,7 +235,7 @@ class Session:
             lost.append(f"{self.events.bad} emitted events could not be decoded (unknown record or too short): "
                         "a HookQL bug; please report it")
         for msg in lost:
-            self.err.write(f"hookql: warning: {msg}\n")
+            self._warn(msg)
         if self.layout.get("states") or self.layout.get("entries"):
             self._state_report(obj, stats)
 
@@ -265,16 +269,20 @@ class Session:
                 self.err.write(f"hookql: {what} (line {st['line']}): {stored} stored, {deleted} "
                                f"{'taken' if entry else 'deleted'}, {left} left at exit\n")
             if evicted:
-                self.err.write(f"hookql: warning: {evicted} {what} (line {st['line']}) were evicted: the map was "
-                               "full (its least recently used entries made room); raise --map-size"
-                               f"{'' if entry else ', or delete entries once read'}\n")
+                self._warn(f"{evicted} {what} (line {st['line']}) were evicted: the map was full (its least recently "
+                           "used entries made room); raise --map-size"
+                           f"{'' if entry else ', or delete entries once read'}")
             if failed:
-                self.err.write(f"hookql: warning: {failed} stores of {what} (line {st['line']}) were refused by "
-                               "the kernel (out of memory for the map); raise --map-size\n")
+                self._warn(f"{failed} stores of {what} (line {st['line']}) were refused by the kernel (out of memory "
+                           "for the map); raise --map-size")
             if missing:
-                self.err.write(f"hookql: warning: {missing} returns of {escape_text(st['exit'])} (line {st['line']}) "
-                               "found no saved entry (the call began before the probe attached, or its entry was "
-                               "evicted or refused): the clause did not see them\n")
+                self._warn(f"{missing} returns of {escape_text(st['exit'])} (line {st['line']}) found no saved entry "
+                           "(the call began before the probe attached, or its entry was evicted or refused): the "
+                           "clause did not see them")
+
+    def _warn(self, msg: str) -> None:
+        self.err.write(f"hookql: warning: {msg}\n")
+        self.lost.append(msg)
 
 
 class IntervalReader:
