@@ -141,6 +141,16 @@ def _parser():
     serve_cli.add_to(p)
     p.set_defaults(func=cmd_serve)
 
+    from hookql.testing import cli as test_cli
+
+    p = sub.add_parser("test", help="run test cases (*.hqt) of scripts and libraries, here or in a VM",
+                       description="Run the test cases under PATHs: each case's script is checked, built, "
+                                   "loaded and attached, its workloads run, and its aggregations and events are "
+                                   "compared with what the case expects.", epilog=test_cli.FORMAT,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    test_cli.add_to(p)
+    p.set_defaults(func=cmd_test)
+
     p = sub.add_parser("hooks", help="list the hook catalog, or describe one hook",
                        description="List catalog hooks matching PATTERN (a substring or glob of PROVIDER:NAME), "
                                    "or with -v describe one hook on this kernel.")
@@ -381,6 +391,12 @@ def cmd_lib(args) -> int:
     from hookql.libs import cli as libcli
 
     return libcli.run(args)
+
+
+def cmd_test(args) -> int:
+    from hookql.testing import cli as test_cli
+
+    return test_cli.run(args)
 
 
 def cmd_serve(args) -> int:

@@ -1,0 +1,126 @@
+"""Case files (*.hqt) as the front end reads them: the model, and every mistake as file:line:col with a hint.
+Pure: nothing is checked against a kernel, nothing runs (hookql/testing/cases.py)."""
+from pathlib import Path
+
+import pytest
+
+from hookql.source import Source
+from hookql.testing.cases import CaseError, normalise, parse
+
+
+def cases(text: str, name: str = "x.hqt"):
+    return parse(Source(name, text), Path("/proj") / name)
+
+
+def error(text: str) -> str:
+    with pytest.raises(CaseError) as info:
+        cases(text)
+    return info.value.diagnostic.render()
+
+
+GOOD = r'''# a comment
+test "counts" {
+    script "sub/s.hq"   # the script
+    run "python3 -c 'print(1)'" timeout 2.5s exits any stdout ~ "1"
+    run "false" exits 1 stderr ~ "x|y"
+    expect count by comm == {"python3": 3, sh: 1, ("a", 2): 4}
+    expect count by  comm ["python3"] >= 2
+    expect hist( size ) by comm["x"] bucket 1024 == 1
+    expect count at line 7 != 0
+    expect emit "comm=x pid=1"
+    expect emit ~ "dport=44[0-9]"
+    expect emits <= 3
+    expect denied == 0
+    expect count by daddr, dport == {(127.0.0.1, 80): 1, ("::1", 443): 2}
+    golden "s.expected" mask pid, walltime
+    requires kernel >= 6.1
+    requires hook kprobe:tcp_v4_connect
+    requires command nc
+    enforce
+    scope host
+    ordered
+    allow loss
+}
+
+test "inline" {
+    use netlib
+    on tracepoint:syscalls:sys_enter_getppid where comm == "}" {
+        count by comm   # a } in a comment
+    }
+    on tracepoint:syscalls:sys_enter_getuid < count >
+    run "true"
+    expect count at line 30 == 0
+}
+'''
+
+
+def test_a_case_file_reads_into_cases():
+    a, b = cases(GOOD)
+    assert a.name == "counts" and a.script == Path("/proj/sub/s.hq") and a.inline is None
+    w1, w2 = a.workloads
+    assert (w1.command, w1.timeout, w1.exits, w1.stdout[0]) == ("python3 -c 'print(1)'", 2.5, None, "1")
+    assert (w2.exits, w2.timeout, w2.stderr[0]) == (1, 10.0, "x|y")
+    e = a.expects
+    assert e[0].agg == "count by comm" and e[0].value == {("python3",): 3, ("sh",): 1, ("a", "2"): 4}
+    assert (e[1].agg, e[1].key, e[1].op, e[1].value) == ("count by comm", ("python3",), ">=", 2)
+    assert (e[2].agg, e[2].key, e[2].bucket) == ("hist(size) by comm", ("x",), 1024)
+    assert (e[3].agg, e[3].at_line, e[3].op) == ("count", 7, "!=")
+    assert (e[4].kind, e[4].value, e[4].pattern) == ("emit", "comm=x pid=1", False)
+    assert (e[5].kind, e[5].pattern) == ("emit", True)
+    assert (e[6].kind, e[6].op, e[6].value) == ("emits", "<=", 3)
+    assert (e[7].kind, e[7].value) == ("denied", 0)
+    assert e[8].value == {("127.0.0.1", "80"): 1, ("::1", "443"): 2}
+    assert a.golden[0] == Path("/proj/s.expected") and a.masks == ["pid", "walltime"]
+    assert [(r.kind, r.value) for r in a.requires] == [("kernel", "6.1"), ("hook", "kprobe:tcp_v4_connect"),
+                                                       ("command", "nc")]
+    assert a.enforce and a.scope == "host" and a.ordered and a.allow_loss
+    assert b.script is None and b.inline is not None
+    # the inline script keeps its lines where they are in the case file, and nothing else
+    lines = b.inline.text.split("\n")
+    assert lines[25] == "    use netlib" and lines[26].startswith("    on tracepoint") and lines[28] == "    }"
+    assert lines[29].endswith("< count >") and lines[30] == "" and lines[24] == ""
+
+
+def test_the_default_script_is_the_case_files_name():
+    (c,) = cases('test "t" {\n  run "true"\n  expect count == 1\n}\n', "dir/tcp.hqt")
+    assert c.script == Path("/proj/dir/tcp.hq")
+
+
+def test_aggregation_text_is_normalised():
+    assert normalise("hist( x )  by comm,pid") == "hist(x) by comm, pid"
+    assert normalise("lhist(x,0, 100,10) as  y") == "lhist(x, 0, 100, 10) as y"
+
+
+@pytest.mark.parametrize("text, where, words", [
+    ('test "t" {\n  bogus 1\n}\n', "x.hqt:2:3", "unknown statement `bogus`"),
+    ('test "t" {\n  run "true\n}\n', "x.hqt:2:7", "no closing quote"),
+    ('test "t" {\n  run "true"\n  expect count == 1\n', "x.hqt:1:1", "no closing `}`"),
+    ('test "t" {\n  run "a\\qb"\n}\n', "x.hqt:2:9", "unknown escape \\q"),
+    ('test "t" {\n  run "true"\n  golden "../out"\n  expect count == 1\n}\n', "x.hqt:3:10", "no `..`"),
+    ('test "t" {\n  script "/etc/x.hq"\n  run "true"\n  expect count == 1\n}\n', "x.hqt:2:10",
+     "relative to the case file"),
+    ('test "t" {\n  expect count == 1\n}\n', "x.hqt:1:1", "runs nothing"),
+    ('test "t" {\n  run "true"\n}\n', "x.hqt:1:1", "expects nothing"),
+    ('test "t" {\n  run "true"\n  expect count by comm >= {"a": 1}\n}\n', "x.hqt:3:27", "`==` alone"),
+    ('test "t" {\n  run "true"\n  expect count == 1\n}\ntest "t" {\n  run "true"\n  expect count == 1\n}\n',
+     "x.hqt:5:6", "two cases named"),
+    ('test "t" {\n  run "true"\n  expect emit ~ "("\n}\n', "x.hqt:3:17", "not a regular expression"),
+    ('test "t" {\n  run "true" timeout 0s\n  expect count == 1\n}\n', "x.hqt:2:22", "more than 0"),
+    ('test "t" {\n  run "true" timeout 2h\n  expect count == 1\n}\n', "x.hqt:2:22", "not a number, a duration"),
+    ('test "t" {\n  run "true"\n  expect count == many\n}\n', "x.hqt:3:19", "expected an integer"),
+    ('test "t" {\n  run "true"\n  expect == 1\n}\n', "x.hqt:3:10", "expected an aggregation"),
+    ('test "t" {\n  run "true"\n  expect count ~ "x"\n}\n', "x.hqt:3:16", "~ matches emitted lines"),
+    ('run "true"\n', "x.hqt:1:1", "expected `test`"),
+    ('test "t" {\n  script "a.hq"\n  on tracepoint:x:y { count }\n  run "true"\n  expect count == 1\n}\n',
+     "x.hqt:3:3", "names a script already"),
+    ('test "t" {\n  on tracepoint:x:y { count }\n  script "a.hq"\n  run "true"\n  expect count == 1\n}\n',
+     "x.hqt:3:10", "inline clauses and names a script"),
+    ('test "t" {\n  run "true"\n  expect count == 1\n  requires kernel >= six\n}\n', "x.hqt:4:22", "kernel version"),
+    ('test "t" {\n  run "true"\n  expect count == 1 2\n}\n', "x.hqt:3:21", "at the end of the statement"),
+    ('test "t" {\n  run "true" \x1b[2J\n}\n', "x.hqt:2:14", "unexpected character"),
+])
+def test_each_mistake_names_file_line_col(text, where, words):
+    msg = error(text)
+    assert msg.startswith(where + ": error:"), msg
+    assert words in msg, msg
+    assert "\x1b" not in msg  # a control character in the file never reaches the terminal raw
