@@ -46,11 +46,10 @@ def scripts(hooks: list[tuple[str, str]]) -> dict[str, str]:
 # -- on the host -------------------------------------------------------------------------------
 def measure(rounds: int) -> dict:
     """Compile here, boot the VM, measure there; the guest's results."""
-    sys.path.insert(0, str(REPO / "tests" / "vm"))
-    import vm
     from hookql import kernel as K
     from hookql.pipeline import check_source, compile_checked
     from hookql.source import Source
+    from hookql.testing import vm
 
     if vm.missing_tools():
         raise RuntimeError(f"the VM needs: apt-get install {' '.join(vm.missing_tools())}")

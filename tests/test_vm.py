@@ -1,4 +1,4 @@
-"""The kernel test tier: Debian's stock 6.1 kernel under qemu (tests/vm/).
+"""The kernel test tier: Debian's stock 6.1 kernel under qemu (hookql.testing.vm; scenarios in tests/vm/).
 
 One boot runs everything: every seed hook attached and fired (objects
 compiled here, loaded there), the design card verbatim, typed fields end to
@@ -20,13 +20,13 @@ from hookql import kernel as K
 from hookql.catalog import Catalog
 from hookql.pipeline import check_source, compile_checked
 from hookql.source import Source
+from hookql.testing import vm
 
 from conftest import REPO, hookql_cmd
 
 sys.path.insert(0, str(REPO / "tests" / "vm"))
 import guest  # noqa: E402
 import guest_cli  # noqa: E402
-import vm  # noqa: E402
 
 pytestmark = pytest.mark.vm
 

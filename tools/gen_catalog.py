@@ -25,11 +25,9 @@ from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent
-sys.path.insert(0, str(HERE))
-
-from kernel_image import debian_kernel, default_image_package  # noqa: E402
 
 from hookql.btf import Btf  # noqa: E402
+from hookql.testing.kernel_image import debian_kernel, default_image_package  # noqa: E402
 
 DATA = REPO / "hookql" / "data"
 
