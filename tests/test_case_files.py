@@ -22,7 +22,7 @@ GOOD = r'''# a comment
 test "counts" {
     script "sub/s.hq"   # the script
     run "python3 -c 'print(1)'" timeout 2.5s exits any stdout ~ "1"
-    run "false" exits 1 stderr ~ "x|y"
+    run "false" exits 1 stderr ~ "x|y\\[\\d\\]"
     expect count by comm == {"python3": 3, sh: 1, ("a", 2): 4}
     expect count by  comm ["python3"] >= 2
     expect hist( size ) by comm["x"] bucket 1024 == 1
@@ -59,7 +59,7 @@ def test_a_case_file_reads_into_cases():
     assert a.name == "counts" and a.script == Path("/proj/sub/s.hq") and a.inline is None
     w1, w2 = a.workloads
     assert (w1.command, w1.timeout, w1.exits, w1.stdout[0]) == ("python3 -c 'print(1)'", 2.5, None, "1")
-    assert (w2.exits, w2.timeout, w2.stderr[0]) == (1, 10.0, "x|y")
+    assert (w2.exits, w2.timeout, w2.stderr[0]) == (1, 10.0, "x|y\\[\\d\\]")  # other escapes: as written
     e = a.expects
     assert e[0].agg == "count by comm" and e[0].value == {("python3",): 3, ("sh",): 1, ("a", "2"): 4}
     assert (e[1].agg, e[1].key, e[1].op, e[1].value) == ("count by comm", ("python3",), ">=", 2)
@@ -95,7 +95,7 @@ def test_aggregation_text_is_normalised():
     ('test "t" {\n  bogus 1\n}\n', "x.hqt:2:3", "unknown statement `bogus`"),
     ('test "t" {\n  run "true\n}\n', "x.hqt:2:7", "no closing quote"),
     ('test "t" {\n  run "true"\n  expect count == 1\n', "x.hqt:1:1", "no closing `}`"),
-    ('test "t" {\n  run "a\\qb"\n}\n', "x.hqt:2:9", "unknown escape \\q"),
+    ('test "t" {\n  run "a\\x4z"\n}\n', "x.hqt:2:9", "\\x takes two hex digits"),
     ('test "t" {\n  run "true"\n  golden "../out"\n  expect count == 1\n}\n', "x.hqt:3:10", "no `..`"),
     ('test "t" {\n  script "/etc/x.hq"\n  run "true"\n  expect count == 1\n}\n', "x.hqt:2:10",
      "relative to the case file"),

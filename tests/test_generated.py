@@ -374,6 +374,9 @@ class _Gen:
             text = f"{f}({self.int_expr(r.int(0, 3))})"
         if r.chance(0.5):
             text += " by " + ", ".join(self.by_key() for _ in range(r.int(1, 3)))
+        if r.chance(0.3):  # its name where it is exported (hookql serve) and where a test case names it
+            self.aliases = getattr(self, "aliases", 0) + 1
+            text += f" as g{self.aliases}"
         return text
 
     def by_key(self) -> str:
@@ -530,6 +533,70 @@ def test_generated_scripts_that_check_build_and_load(running):
 
     prop()
     assert seen["built"] + seen["loaded"] > 0, seen  # the generator writes scripts that check
+
+
+# -- generated test cases: a case that plans, runs ----------------------------------------------------------
+CASE_NAMES = ["plain", "caf\u00e9 \u65e5\u672c", "q\\\"uote", "esc \\x1b[2J", "tab\\t", "x" * 200]
+
+
+def case_for(text: str, layout: dict, name: str) -> str:
+    """A case file around a generated script (inline): a workload, and expectations that hold whatever the
+    events were (a count or sum is >= 0; a missing row of one is 0), on each aggregation that has a name."""
+    lines = [f'test "{name}" {{', *(f"    {l}" for l in text.splitlines() if l.strip()), '    run "true"',
+             "    allow loss"]
+    for a in layout["aggregations"]:
+        if not a.get("name") or a["func"] in ("min", "max", "avg"):
+            continue
+        key = f"[{', '.join(chr(34) + 'k' + chr(34) for _ in a['by'])}]" if a["by"] else ""
+        bucket = " bucket 0" if a["func"] in ("hist", "lhist") else ""
+        lines.append(f"    expect {a['name']}{key}{bucket} >= 0")
+    lines.append("    expect emits >= 0" if layout["emits"] else "    expect denied >= 0" if
+                 any(p["deny"] for p in layout["probes"]) else f"    expect emits >= 0")
+    return "\n".join(lines) + "\n}\n"
+
+
+def test_generated_cases_that_plan_run(running, tmp_path):
+    """Every generated script that checks, put in a case file (hookql test): the case plans and runs, and its
+    expectations resolve to the script's aggregations; no case errs."""
+    from hypothesis import HealthCheck, given, settings
+    from hypothesis import strategies as st
+
+    from hookql.pipeline import check_source, generate_c
+    from hookql.source import Source
+    from hookql.testing.runner import Options, run
+
+    if os.geteuid() != 0 or not hooks():
+        import pytest
+        pytest.skip("loading needs root and the generator's tracepoints")
+    import io
+
+    ran = {"n": 0}
+
+    @settings(max_examples=12, deadline=None, database=None,
+              suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+    @given(st.data())
+    def prop(data):
+        text = generate(data)
+        result = check_source(Source("gen.hq", text), running)
+        if not result.ok or "use " in text:
+            return
+        layout = generate_c(result.checked)[1]
+        if not layout["emits"]:
+            text = text  # `expect emits` needs an emit: the case then says so, as an error; keep to what fits
+        case = tmp_path / "gen.hqt"
+        body = case_for(text, layout, data.draw(st.sampled_from(CASE_NAMES)))
+        if not layout["emits"] and not any(p["deny"] for p in layout["probes"]):
+            body = body.replace("    expect emits >= 0\n", "")
+            if "expect " not in body:
+                return
+        case.write_text(body)
+        out = io.StringIO()
+        code = run(Options([str(case)]), out=out)
+        assert code == 0 and "PASS " in out.getvalue(), f"{out.getvalue()}\n--- case ---\n{body}"
+        ran["n"] += 1
+
+    prop()
+    assert ran["n"] > 0
 
 
 def test_generator_is_seeded_and_varied():

@@ -159,10 +159,13 @@ def _unquote(tok_text: str, src: Source, line: int, col: int) -> str:
         elif nxt == "x" and re.fullmatch(r"[0-9a-fA-F]{2}", body[i + 2:i + 4]):
             out.append(chr(int(body[i + 2:i + 4], 16)))
             i += 4
-        else:
+        elif nxt == "x":
             c = col + 1 + i
-            raise CaseError(Diagnostic("error", Span(src, line, c, line, c + 2), f"unknown escape \\{nxt} in a string",
-                                       'write \\\\ for a backslash; \\" \\n \\t \\r \\0 \\xHH are known'))
+            raise CaseError(Diagnostic("error", Span(src, line, c, line, c + 2), "\\x takes two hex digits",
+                                       "e.g. \\x1b; write \\\\x for a backslash and an x"))
+        else:  # kept as written: a pattern says \d, \[ or \.
+            out += ["\\", nxt]
+            i += 2
     return "".join(out)
 
 

@@ -16,6 +16,7 @@ import json
 import os
 import sys
 import tempfile
+import time
 
 from hookql.testing.workloads import Cgroup
 
@@ -103,6 +104,7 @@ def run_plan(plan: list[dict], progress=None) -> list[dict]:
         for case in plan:
             if progress:
                 progress(case)
+            t0 = time.monotonic()
             try:
                 results.append(run_case(case, scratch))
             except (KeyboardInterrupt, SystemExit):
@@ -113,6 +115,7 @@ def run_plan(plan: list[dict], progress=None) -> list[dict]:
                 where = traceback.extract_tb(exc.__traceback__)[-1]
                 results.append({"status": "error", "reason": f"internal error ({type(exc).__name__}: {exc}, at "
                                 f"{os.path.basename(where.filename)}:{where.lineno}): a HookQL bug; please report it"})
+            results[-1]["seconds"] = time.monotonic() - t0
     finally:
         for name in os.listdir(scratch):
             os.unlink(os.path.join(scratch, name))

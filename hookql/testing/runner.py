@@ -62,6 +62,9 @@ def vm_target(opts: Options):
             if opts.kernel and not vmk.release.startswith(opts.kernel + ".") and vmk.version != opts.kernel:
                 raise Stop(f"--kernel {opts.kernel}: the VM runner fetches Debian's stock kernel, which is "
                            f"{vmk.release} here; give --kernel {vmk.version}, or --kernel-image PATH for another")
+        if vmk.btf_path is None:
+            raise Stop(f"the BTF of {opts.kernel_image} could not be read out of it (its payload is compressed in a "
+                       "way Python cannot open: lz4 or lzo); give its uncompressed vmlinux instead")
         kern = K.from_btf(str(vmk.btf_path))
     except vm.VMError as exc:
         raise Stop(str(exc)) from None
@@ -165,10 +168,7 @@ def _run(opts: Options, console: Console, started: float) -> int:
             from hookql.testing.executor import run_plan
 
             for i, p in enumerate(planned):
-                t0 = time.monotonic()
-                r = run_plan([plan_entry(i, p)])[0]
-                p.seconds += time.monotonic() - t0
-                outcomes.append(_judge(p, r, opts, console))
+                outcomes.append(_judge(p, run_plan([plan_entry(i, p)])[0], opts, console))
     finally:
         shutil.rmtree(scratch, ignore_errors=True)
     took = time.monotonic() - started
@@ -204,7 +204,7 @@ def _plan_one(case, target: Target, scratch: Path, planned: list[Planned]) -> Ou
 
 def _judge(p: Planned, r: dict, opts: Options, console: Console) -> Outcome:
     case = p.case
-    o = Outcome(case.file, case.name, "pass", case=case, seconds=p.seconds)
+    o = Outcome(case.file, case.name, "pass", case=case, seconds=p.seconds + r.get("seconds", 0))
     if r["status"] == "skipped":
         o.status, o.details = "skip", [r["reason"]]
     elif r["status"] == "error":
@@ -288,7 +288,10 @@ def _in_vm(planned: list[Planned], vmk, scratch: Path) -> list[dict]:
               f"cd {_sh(str(Path.cwd()))}\n"
               f"{_sh(py)} -m hookql.testing.executor {_sh(str(plan))} -\n")
     budget = 180 + sum(30 + sum(w.timeout for w in p.case.workloads) for p in planned)
-    r = vm.run(script, timeout=budget, kernel=vmk)
+    try:
+        r = vm.run(script, timeout=budget, kernel=vmk)
+    except vm.VMError as exc:
+        raise Stop(str(exc)) from None
     line = next((l for l in reversed(r.stdout.splitlines()) if l.startswith(RESULT_MARK)), None)
     if r.status is None or line is None:
         why = (r.stderr.strip().splitlines() or ["no output"])[-1]
