@@ -362,3 +362,29 @@ def test_ctrl_c_stops_the_run_and_leaves_nothing(tmp_path):
     for prog in held:
         assert subprocess.run(["bpftool", "prog", "show", "id", str(prog)], capture_output=True).returncode != 0
     assert not [d for d in os.listdir("/sys/fs/cgroup") if d.startswith(f"hookql-test.{p.pid}.")]
+
+
+def test_deps_runs_the_dependencies_cases_and_a_library_uses_itself(tmp_path):
+    lib, proj = tmp_path / "lib", tmp_path / "proj"
+    lib.mkdir(), proj.mkdir()
+    write(lib, "hookql.toml", '[package]\nname = "mylib"\nversion = "1.0.0"\nhookql = ">=0.1"\n')
+    write(lib, "lib.hq", "def small(n) = n < 10\n")
+    getsockopt = f"{PY} -c 'import socket; socket.socket().getsockopt(1, 7)'"
+    write(lib, "lib.hqt", f'''test "small levels" {{
+    use mylib
+    on tracepoint:syscalls:sys_enter_getsockopt where mylib.small(args.level) {{ count }}
+    run "{getsockopt}"
+    expect count == 1
+}}
+''')
+    write(proj, "hookql.toml", '[package]\nname = "proj"\nversion = "0.1.0"\nhookql = ">=0.1"\n\n'
+                               '[dependencies]\nmylib = { path = "../lib" }\n')
+    write(proj, "p.hq", "use mylib\non tracepoint:syscalls:sys_enter_getsockopt where mylib.small(args.level) "
+                        "{ count by comm }\n")
+    write(proj, "p.hqt", f'test "p" {{\n    run "{getsockopt}"\n    expect count by comm == {{"python3": 1}}\n}}\n')
+    (proj / "sub").mkdir()
+    r = hqtest(tmp_path, cwd=proj / "sub")  # no PATH: the project's root, found upward
+    assert r.returncode == 0 and "/proj/p.hqt: p" in r.stdout and "lib.hqt" not in r.stdout, r.stdout
+    r = hqtest(tmp_path, "--deps", cwd=proj)
+    assert r.returncode == 0, r.stdout
+    assert "PASS  p.hqt: p" in r.stdout and f"PASS  {lib}/lib.hqt: small levels" in r.stdout

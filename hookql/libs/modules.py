@@ -8,6 +8,9 @@ hookql.toml (found upward from the script) names its dependencies:
     netlib = { git = "https://...", version = "^1.2" }   # resolved through hookql.lock
     local = { path = "../local" }                          # used in place
 
+Inside a library, `use NAME` with the library's own name is the library itself (its test cases use it as
+its users do).
+
 Git libraries come from the cache `hookql lib install` fills, checked
 against the lock's hashes; a library's own `use`s resolve through the same
 (the script's) lock.  A module is read only when its real path is inside
@@ -68,6 +71,8 @@ class ManifestResolver(FileResolver):
             return None
         self.root = self.root or man
         dep = man.dependencies.get(lib)
+        if dep is None and lib == man.name:  # the library's own modules: its tests `use` it as its users do
+            dep = M.Dependency(lib, path=".")
         if dep is None:
             declared = ", ".join(sorted(man.dependencies)) or "none"
             diags.error(use.span, f"unknown library '{lib}' ({mpath} declares: {declared})",
