@@ -388,3 +388,13 @@ def test_deps_runs_the_dependencies_cases_and_a_library_uses_itself(tmp_path):
     r = hqtest(tmp_path, "--deps", cwd=proj)
     assert r.returncode == 0, r.stdout
     assert "PASS  p.hqt: p" in r.stdout and f"PASS  {lib}/lib.hqt: small levels" in r.stdout
+
+
+def test_a_kernel_image_that_cannot_boot_says_why_in_one_line(tmp_path):
+    write(tmp_path, "s.hqt", 'test "t" {\n    on tracepoint:syscalls:sys_enter_getppid { count }\n'
+                             '    run "true"\n    expect count == 0\n}\n')
+    write(tmp_path, "junk.img", "not a kernel\n")
+    r = hqtest(tmp_path, "--kernel-image", "junk.img", "s.hqt")
+    assert r.returncode == 2 and r.stdout == "", r.stdout
+    (line,) = r.stderr.strip().splitlines()
+    assert line.startswith("hookql test: error: ") and "junk.img" in line, line
