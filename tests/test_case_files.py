@@ -62,9 +62,11 @@ def test_a_case_file_reads_into_cases():
     assert (w2.exits, w2.timeout, w2.stderr[0]) == (1, 10.0, "x|y\\[\\d\\]")  # other escapes: as written
     e = a.expects
     assert e[0].agg == "count by comm" and e[0].value == {("python3",): 3, ("sh",): 1, ("a", "2"): 4}
-    assert (e[1].agg, e[1].key, e[1].op, e[1].value) == ("count by comm", ("python3",), ">=", 2)
-    assert (e[2].agg, e[2].key, e[2].bucket) == ("hist(size) by comm", ("x",), 1024)
-    assert (e[3].agg, e[3].at_line, e[3].op) == ("count", 7, "!=")
+    # an aggregation is kept as written up to the comparison: what is key, line or bucket is known only against
+    # the script's aggregations (plan.resolve)
+    assert (e[1].agg, e[1].op, e[1].value) == ('count by  comm ["python3"]', ">=", 2)
+    assert e[2].agg == 'hist( size ) by comm["x"] bucket 1024'
+    assert (e[3].agg, e[3].op) == ("count at line 7", "!=")
     assert (e[4].kind, e[4].value, e[4].pattern) == ("emit", "comm=x pid=1", False)
     assert (e[5].kind, e[5].pattern) == ("emit", True)
     assert (e[6].kind, e[6].op, e[6].value) == ("emits", "<=", 3)
@@ -109,6 +111,8 @@ def test_aggregation_text_is_normalised():
     ('test "t" {\n  run "true" timeout 2h\n  expect count == 1\n}\n', "x.hqt:2:22", "not a number, a duration"),
     ('test "t" {\n  run "true"\n  expect count == many\n}\n', "x.hqt:3:19", "expected an integer"),
     ('test "t" {\n  run "true"\n  expect == 1\n}\n', "x.hqt:3:10", "expected an aggregation"),
+    ('test "t" {\n  run "true"\n  expect count by comm\n}\n', "x.hqt:3:23", "expected a comparison"),
+    ('test "t" {\n  run "true"\n  expect no count == 1\n}\n', "x.hqt:3:13", "`no` goes with emit"),
     ('test "t" {\n  run "true"\n  expect count ~ "x"\n}\n', "x.hqt:3:16", "~ matches emitted lines"),
     ('run "true"\n', "x.hqt:1:1", "expected `test`"),
     ('test "t" {\n  script "a.hq"\n  on tracepoint:x:y { count }\n  run "true"\n  expect count == 1\n}\n',
@@ -124,3 +128,55 @@ def test_each_mistake_names_file_line_col(text, where, words):
     assert msg.startswith(where + ": error:"), msg
     assert words in msg, msg
     assert "\x1b" not in msg  # a control character in the file never reaches the terminal raw
+
+
+# -- an aggregation named in a case, against the script's (plan.resolve) --------------------------------------
+LAYOUT = {"aggregations": [
+    {"map": "a0", "text": "count by comm", "name": None, "line": 2, "func": "count", "by": [{"name": "comm"}]},
+    {"map": "a1", "text": "count by who[skaddr].comm", "name": None, "line": 3, "func": "count",
+     "by": [{"name": "who[skaddr].comm"}]},
+    {"map": "a2", "text": "hist(ts - born[skaddr]) as life", "name": "life", "line": 4, "func": "hist", "by": []},
+    {"map": "a3", "text": "count", "name": None, "line": 5, "func": "count", "by": []},
+    {"map": "a4", "text": "count", "name": None, "line": 6, "func": "count", "by": []},
+    {"map": "a5", "text": "sum(x) by a, b", "name": None, "line": 7, "func": "sum", "by": [{"name": "a"}, {"name": "b"}]},
+]}
+
+
+def resolved(line: str):
+    from hookql.testing.plan import resolve
+
+    (c,) = cases(f'test "t" {{\n  run "true"\n  {line}\n}}\n')
+    e = c.expects[0]
+    a = resolve(e, LAYOUT)
+    return a["map"], e.key, e.bucket
+
+
+def resolve_error(line: str) -> str:
+    with pytest.raises(CaseError) as info:
+        resolved(line)
+    return info.value.diagnostic.render()
+
+
+def test_an_aggregation_is_found_as_the_script_writes_it():
+    assert resolved('expect count by comm["curl"] == 1') == ("a0", ("curl",), None)
+    assert resolved('expect count  by comm == {}') == ("a0", None, None)
+    assert resolved('expect count by who[skaddr].comm["sshd"] >= 1') == ("a1", ("sshd",), None)
+    assert resolved('expect count by who[ skaddr ].comm == {"x": 1}') == ("a1", None, None)
+    assert resolved("expect hist(ts - born[skaddr]) bucket 100 >= 1") == ("a2", None, 100)
+    assert resolved("expect life bucket 100 >= 1") == ("a2", None, 100)
+    assert resolved("expect hist(ts - born[skaddr]) as life bucket 0 == 0") == ("a2", None, 0)
+    assert resolved("expect count at line 6 == 2") == ("a4", None, None)
+    assert resolved('expect sum(x) by a, b[*, "y"] > 0') == ("a5", ("*", "y"), None)
+
+
+def test_an_aggregation_the_script_does_not_have_or_has_twice():
+    msg = resolve_error("expect sum(y) == 1")
+    assert msg.startswith("x.hqt:3:10: error: the script has no aggregation `sum(y)`"), msg
+    assert "`count by who[skaddr].comm` (line 3)" in msg
+    msg = resolve_error("expect count == 1")
+    assert msg.startswith("x.hqt:3:10: error: the script has more than one `count` (lines 5, 6)"), msg
+    assert "at line N" in msg
+    msg = resolve_error("expect count at line 9 == 1")
+    assert "no `count` on line 9" in msg
+    msg = resolve_error('expect count by comm["a" == 1')
+    assert msg.startswith("x.hqt:3:23: error: this `[` is not closed"), msg

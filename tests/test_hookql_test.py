@@ -89,7 +89,7 @@ test "out of order" {{
     r = hqtest(tmp_path, "e.hqt")
     assert "PASS  e.hqt: emits" in r.stdout, r.stdout
     assert "FAIL  e.hqt: out of order" in r.stdout
-    assert "e.hqt:16:5: no emitted event is 'comm=python3 args.optname=7' after the events matched above" in r.stdout
+    assert "e.hqt:16:5: no emitted event is \"comm=python3 args.optname=7\" after the events matched above" in r.stdout
     assert "comm=python3 uid=0" in r.stdout  # the events it saw, listed
 
 
@@ -175,7 +175,7 @@ test "status" {
     r = hqtest(tmp_path, "s.hqt")
     assert "s.hqt:2:5: the workload's command was not found: no-such-command-hq --x" in r.stdout, r.stdout
     assert re.search(r"s.hqt:6:5: the workload exited 3, expected 0: echo oops >&2; exit 3\n +stderr: oops", r.stdout)
-    assert "s.hqt:7:5: the workload's stderr has nothing matching ~ 'never'" in r.stdout
+    assert "s.hqt:7:5: the workload's stderr has nothing matching ~ \"never\"" in r.stdout
     assert r.returncode == 1
 
 

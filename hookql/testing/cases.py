@@ -69,12 +69,12 @@ class Workload:
 
 @dataclass
 class Expect:
-    kind: str  # "agg", "emit", "emits", "denied"
+    kind: str  # "agg", "emit", "no emit", "emits", "denied"
     span: Span
-    agg: str | None = None  # the aggregation as written (normalised)
+    agg: str | None = None  # the aggregation, as the case writes it (with [KEY], at line N, bucket V if any)
     agg_span: Span | None = None
     at_line: int | None = None
-    key: tuple | None = None  # one row: its key, each part as text
+    key: tuple | None = None  # one row: its key, each part as text (or WILD); set when planned
     bucket: int | None = None
     op: str = "=="
     value: object = None  # an int; a table {key tuple: int}; an emit line or pattern
@@ -83,7 +83,7 @@ class Expect:
 
 @dataclass
 class Requirement:
-    kind: str  # "kernel", "hook", "command"
+    kind: str  # "kernel", "hook", "command", "arch"
     span: Span
     value: str
     op: str = ">="
@@ -107,6 +107,7 @@ class Case:
     allow_loss: bool = False
     golden: tuple[Path, Span] | None = None
     masks: list[str] = field(default_factory=list)
+    mask_spans: dict = field(default_factory=dict)  # mask name -> where the case names it
 
     @property
     def id(self) -> str:
@@ -120,7 +121,7 @@ _TOKEN = re.compile(r"""
   | (?P<string>"(?:[^"\\\n]|\\.)*")
   | (?P<badstring>"[^\n]*)
   | (?P<op>==|!=|>=|<=|>|<|~)
-  | (?P<punct>[{}\[\](),:])
+  | (?P<punct>[{}\[\](),:*])
   | (?P<ipv4>\d{1,3}(?:\.\d{1,3}){3}(?![\w.]))
   | (?P<duration>\d+(?:\.\d+)?(?:ms|s|m)(?![\w.]))
   | (?P<version>\d+\.\d+(?:\.\d+)?(?![\w.]))
@@ -256,9 +257,22 @@ def _duration(line: _Line, tok: Tok) -> float:
     return secs
 
 
-def _key_part(line: _Line) -> str:
-    t = line.next("a key: a string, an integer, an IPv4 address or a name", "string", "number", "ipv4", "word",
-                  hint='quote anything else, e.g. "::1"')
+class _Wild(str):
+    """`*` in a row's key: any value (the rows it matches are added up)."""
+
+    def __repr__(self) -> str:
+        return "*"
+
+
+WILD = _Wild("*")
+
+
+def _key_part(line: _Line, wild: bool = False) -> str:
+    if wild and line.at("*"):
+        line.next("*")
+        return WILD
+    t = line.next("a key: a string, an integer, an IPv4 address or a name" + (", or *" if wild else ""),
+                  "string", "number", "ipv4", "word", hint='quote anything else, e.g. "::1"')
     if t.kind == "string":
         return t.value
     return str(t.value) if t.kind == "number" else t.text
@@ -274,10 +288,11 @@ def _key(line: _Line, close: str) -> tuple:
             parts.append(_key_part(line))
         line.word(")")
         return tuple(parts)
-    parts = [_key_part(line)]
+    wild = close == "]"
+    parts = [_key_part(line, wild)]
     while close == "]" and line.at(","):
         line.next(",")
-        parts.append(_key_part(line))
+        parts.append(_key_part(line, wild))
     return tuple(parts)
 
 
@@ -286,22 +301,86 @@ def _count(line: _Line) -> int:
     return t.value
 
 
-def _agg_ref(line: _Line, first: Tok) -> tuple[str, Span, int | None]:
-    """The aggregation as written, up to `[`, `at line`, `bucket` or the operator; normalised."""
-    start = line.i
-    while line.peek() is not None and not line.at("[", *OPS, "~", "bucket", "at"):
-        line.i += 1
-    if line.i == start:
-        line.fail("expected an aggregation as the script writes it, e.g. `count by comm`, or its `as` name")
-    toks = line.toks[start:line.i]
-    span = Span(line.src, toks[0].line, toks[0].col, toks[-1].line, toks[-1].end)
-    text = normalise(line.text[toks[0].col - 1: toks[-1].end - 1])
-    at = None
+def subject_tail(src: Source, lineno: int, text: str, col: int) -> tuple[int | None, tuple | None, int | None]:
+    """What follows an aggregation in an expectation's subject (TEXT starts at column COL):
+    [at line N] [[KEY, ...]] [bucket V]; CaseError when that is not what it is."""
+    line = _Line(src, _tokens(src, lineno, " " * (col - 1) + text), " " * (col - 1) + text)
+    at = key = bucket = None
     if line.at("at"):
         line.next("at")
         line.word("line")
         at = _count(line)
-    return text, span, at
+    if line.at("["):
+        line.next("[")
+        key = _key(line, "]")
+        line.word("]", hint="a row is [KEY] or [KEY, KEY, ...], one value per `by` key (* for any)")
+    if line.at("bucket"):
+        line.next("bucket")
+        bucket = _count(line)
+    line.done()
+    return at, key, bucket
+
+
+def _unclosed(text: str, start: int) -> int | None:
+    """Where the first bracket left open in TEXT[start:] is (outside quotes), if one is."""
+    stack, i, quote = [], start, False
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quote = False
+        elif ch == '"':
+            quote = True
+        elif ch == "#":
+            break
+        elif ch in "([{":
+            stack.append(i)
+        elif ch in ")]}" and stack:
+            stack.pop()
+        i += 1
+    return stack[0] if stack else None
+
+
+def _comparison(text: str, start: int) -> tuple[int, str] | None:
+    """The last comparison operator at the top level of TEXT[start:] (outside quotes and brackets, before a
+    comment): where an aggregation's own text ends and what it is compared with begins.  `>>` and `<<`
+    are shifts, not comparisons."""
+    found, depth, i, quote = None, 0, start, False
+    while i < len(text):
+        ch = text[i]
+        if quote:
+            if ch == "\\":
+                i += 1
+            elif ch == '"':
+                quote = False
+        elif ch == '"':
+            quote = True
+        elif ch == "#":
+            break
+        elif ch in "([{":
+            depth += 1
+        elif ch in ")]}":
+            depth -= 1
+        elif depth == 0 and text.startswith((">>", "<<"), i):
+            i += 2
+            continue
+        elif depth == 0 and text[i:i + 2] in ("==", "!=", ">=", "<="):
+            found = (i, text[i:i + 2])
+            i += 2
+            continue
+        elif depth == 0 and ch in "<>~":
+            found = (i, ch)
+        elif depth == 0 and ch in "=!":  # not a comparison: said where it is
+            j = i
+            while j < len(text) and text[j] in "=!<>~":
+                j += 1
+            found = (i, text[i:j])
+            i = j
+            continue
+        i += 1
+    return found
 
 
 def normalise(text: str) -> str:
@@ -311,43 +390,48 @@ def normalise(text: str) -> str:
     return re.sub(r",", ", ", text).replace(")by ", ") by ").replace(")as ", ") as ")
 
 
-def _expect(line: _Line, kw: Tok) -> Expect:
-    first = line.peek()
-    if first is None:
-        line.fail("expected what to expect: an aggregation, `emit`, `emits` or `denied`")
-    span = line.span(kw)
-    if first.text == "emit" and first.kind == "word":
-        line.next("emit")
-        pattern = line.at("~")
-        if pattern:
-            line.next("~")
-        t = line.next("the emitted line in double quotes", "string",
-                      hint='e.g. expect emit "comm=curl dport=443", or expect emit ~ "dport=44[0-9]"')
-        if pattern:
-            try:
-                re.compile(t.value)
-            except re.error as exc:
-                line.fail(f"not a regular expression: {exc}", tok=t)
-        return Expect("emit", span, value=t.value, pattern=pattern)
-    if first.text in ("emits", "denied") and first.kind == "word" and line.peek(1) and line.peek(1).text in OPS:
-        line.next(first.text)
-        op = line.next("a comparison", "op").text
-        return Expect(first.text, span, op=op, value=_count(line))
-    agg, agg_span, at = _agg_ref(line, first)
-    e = Expect("agg", span, agg=agg, agg_span=agg_span, at_line=at)
-    if line.at("["):
-        line.next("[")
-        e.key = _key(line, "]")
-        line.word("]")
-    if line.at("bucket"):
-        line.next("bucket")
-        e.bucket = _count(line)
-    t = line.next("a comparison (== != >= <= > <)", "op")
-    if t.text == "~":
-        line.fail("~ matches emitted lines; compare an aggregation with == != >= <= > <", tok=t)
-    e.op = t.text
+def _expect_line(src: Source, lineno: int, text: str) -> Expect:
+    """An `expect` line.  An aggregation's text is the script's (`count by who[sk].comm`, `hist(now - t[k])`):
+    it is kept as written, up to the comparison, and matched with the script's aggregations when the case
+    is planned (plan.py); only what follows the comparison is read here."""
+    m = re.match(r"(\s*)expect\b\s*", text)
+    kw = Tok("word", "expect", lineno, len(m.group(1)) + 1)
+    span = Span(src, lineno, kw.col, lineno, kw.end)
+    rest = text[m.end():]
+    first = re.match(r"(emits|emit|denied|no)\b", rest)
+    if first or not rest.strip() or rest.lstrip().startswith("#"):
+        line = _Line(src, _tokens(src, lineno, text), text)
+        line.next("expect")
+        return _expect_simple(line, kw, span)
+    cmp = _comparison(text, m.end())
+    opened = _unclosed(text, m.end())
+    if cmp is None and opened is not None:
+        raise CaseError(Diagnostic("error", Span(src, lineno, opened + 1, lineno, opened + 2),
+                                   f"this `{text[opened]}` is not closed", "close it on the same line"))
+    if cmp is None:
+        c = len(text.rstrip()) + 1
+        raise CaseError(Diagnostic("error", Span(src, lineno, c, lineno, c + 1),
+                                   "expected a comparison (== != >= <= > <) and a count",
+                                   "e.g. expect count by comm[\"curl\"] == 2"))
+    pos, op = cmp
+    subject = text[m.end():pos].rstrip()
+    col = m.end() + 1
+    if not subject:
+        raise CaseError(Diagnostic("error", Span(src, lineno, col, lineno, col + 1),
+                                   "expected an aggregation as the script writes it, e.g. `count by comm`, or its "
+                                   "`as` name"))
+    if op == "~":
+        raise CaseError(Diagnostic("error", Span(src, lineno, pos + 1, lineno, pos + 2),
+                                   "~ matches emitted lines; compare an aggregation with == != >= <= > <"))
+    if op not in OPS:
+        raise CaseError(Diagnostic("error", Span(src, lineno, pos + 1, lineno, pos + 1 + len(op)),
+                                   f"`{op}` is not a comparison", "compare with == != >= <= > <"))
+    blank = " " * pos + text[pos:]
+    line = _Line(src, _tokens(src, lineno, blank), blank)
+    line.next("a comparison", "op")
+    e = Expect("agg", span, agg=subject, agg_span=Span(src, lineno, col, lineno, col + len(subject)), op=op)
     if line.at("{"):
-        if e.key is not None or e.bucket is not None or e.op != "==":
+        if op != "==":
             line.fail("a whole table is compared with `==` alone: expect AGG == {KEY: N, ...}")
         line.next("{")
         table = {}
@@ -362,12 +446,48 @@ def _expect(line: _Line, kw: Tok) -> Expect:
         e.value = table
     else:
         e.value = _count(line)
+    line.done()
+    return e
+
+
+def _expect_simple(line: _Line, kw: Tok, span: Span) -> Expect:
+    """expect emit ..., expect no emit ..., expect emits OP N, expect denied OP N."""
+    first = line.peek()
+    if first is None:
+        line.fail("expected what to expect: an aggregation, `emit`, `no emit`, `emits` or `denied`")
+    negated = first.text == "no"
+    if negated:
+        line.next("no")
+        first = line.peek()
+        if first is None or first.text != "emit":
+            line.fail("`no` goes with emit: expect no emit ~ \"RE\"")
+    if first.text == "emit":
+        line.next("emit")
+        pattern = line.at("~")
+        if pattern:
+            line.next("~")
+        t = line.next("the emitted line in double quotes", "string",
+                      hint='e.g. expect emit "comm=curl dport=443", or expect emit ~ "dport=44[0-9]"')
+        if pattern:
+            try:
+                re.compile(t.value)
+            except re.error as exc:
+                line.fail(f"not a regular expression: {exc}", tok=t)
+        line.done()
+        return Expect("no emit" if negated else "emit", span, value=t.value, pattern=pattern)
+    line.next(first.text)
+    op = line.next("a comparison", "op").text
+    if op == "~":
+        line.fail(f"{first.text} is a number: compare it with == != >= <= > <")
+    e = Expect(first.text, span, op=op, value=_count(line))
+    line.done()
     return e
 
 
 def _requirement(line: _Line, kw: Tok) -> Requirement:
-    what = line.word("kernel", "hook", "command",
-                     hint="requires kernel >= 6.1, requires hook kprobe:tcp_v4_connect, requires command nc")
+    what = line.word("kernel", "hook", "command", "arch",
+                     hint="requires kernel >= 6.1, requires hook kprobe:tcp_v4_connect, requires command nc, "
+                          "requires arch x86_64")
     span = line.span(kw)
     if what.text == "kernel":
         op = line.next("a comparison", "op").text
@@ -425,8 +545,6 @@ def _statement(case: Case, line: _Line) -> None:
         case.script_span = line.span(t)
     elif k == "run":
         case.workloads.append(_run(line, kw))
-    elif k == "expect":
-        case.expects.append(_expect(line, kw))
     elif k == "requires":
         case.requires.append(_requirement(line, kw))
     elif k == "golden":
@@ -436,10 +554,13 @@ def _statement(case: Case, line: _Line) -> None:
         case.golden = (case.file.parent / _relative(line, t, "golden file"), line.span(t))
         if line.at("mask"):
             line.next("mask")
-            case.masks.append(line.next("a field name", "word").text)
+            names = [line.next("a field name", "word")]
             while line.at(","):
                 line.next(",")
-                case.masks.append(line.next("a field name", "word").text)
+                names.append(line.next("a field name", "word"))
+            for t in names:
+                case.masks.append(t.text)
+                case.mask_spans[t.text] = line.span(t)
     elif k == "enforce":
         case.enforce = True
     elif k == "ordered":
@@ -510,6 +631,9 @@ def parse(src: Source, path: Path) -> list[Case]:
                 inline.add(n + 1)
                 depth += _brace_delta(nxt)
                 n += 1
+            continue
+        if case is not None and _first_word(text) == "expect":
+            case.expects.append(_expect_line(src, lineno, text))
             continue
         toks = _tokens(src, lineno, text)
         if not toks:

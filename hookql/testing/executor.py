@@ -66,8 +66,8 @@ def run_case(case: dict, scratch: str) -> dict:
     try:
         session.run()
     except (LoadError, LibbpfError) as exc:
-        if getattr(exc, "refused", False):
-            return _skip(f"{exc} ({exc.hint})" if exc.hint else str(exc))
+        if getattr(exc, "refused", False):  # this kernel cannot run the hook: said, skipped
+            return {**_skip(str(exc)), "refused": True}
         hint = getattr(exc, "hint", None)
         msg = str(exc.strerror if isinstance(exc, LibbpfError) else exc) + (f" (hint: {hint})" if hint else "")
         return {"status": "error", "reason": f"could not load or attach: {msg}"}

@@ -11,7 +11,7 @@ import ipaddress
 import re
 
 from hookql.runtime.escape import escape_text
-from hookql.testing.cases import Case, Expect
+from hookql.testing.cases import WILD, Case, Expect
 from hookql.testing.plan import Planned
 
 MAX_LISTED = 12
@@ -29,6 +29,8 @@ def _text(v) -> str:
 
 
 def same_key(want: str, got) -> bool:
+    if want is WILD:
+        return True
     g = _text(got)
     if g == want:
         return True
@@ -54,6 +56,18 @@ def _find_row(rows: list[dict], by: list[str], key: tuple) -> dict | None:
     return next((r for r in rows if all(same_key(k, r["key"][b]) for k, b in zip(key, by))), None)
 
 
+def _added(rows: list[dict]) -> dict:
+    """Rows of a count, sum or histogram added into one."""
+    if isinstance(rows[0]["value"], list):
+        buckets: dict = {}
+        for r in rows:
+            for b in r["value"]:
+                k = (b["min"], b["max"])
+                buckets[k] = buckets.get(k, 0) + b["count"]
+        return {"key": {}, "value": [{"min": lo, "max": hi, "count": c} for (lo, hi), c in buckets.items()]}
+    return {"key": {}, "value": sum(r["value"] for r in rows)}
+
+
 def _bucket(value: list[dict], v: int) -> int:
     for b in value:
         if (b["min"] is None or b["min"] <= v) and (b["max"] is None or v < b["max"]):
@@ -61,10 +75,32 @@ def _bucket(value: list[dict], v: int) -> int:
     return 0
 
 
+def _shown(v, unit: str | None) -> str:
+    """A value of an emitted event as `hookql run` prints it in text: a duration with its unit, a walltime
+    as the time of day, the rest as JSON had it."""
+    if unit == "ns" and isinstance(v, int):
+        from hookql.runtime.decode import duration_text
+
+        return duration_text(v)
+    if isinstance(v, float):  # walltime: seconds since the epoch
+        import time
+
+        return time.strftime("%H:%M:%S", time.localtime(v))
+    return _text(v)
+
+
 def event_line(event: dict, masks: set[str] = frozenset()) -> str:
-    """An emitted event as `hookql run` prints it: name=value ..., escaped."""
-    return " ".join(f"{escape_text(k)}={'*' if k in masks else escape_text(_text(v))}"
+    """An emitted event as `hookql run` prints it: name=value ..., escaped (a kernel stack left out)."""
+    units = event.get("units", {})
+    return " ".join(f"{escape_text(k)}={'*' if k in masks else escape_text(_shown(v, units.get(k)))}"
                     for k, v in event["event"].items() if not isinstance(v, list))
+
+
+def _pattern(e: Expect) -> str:
+    """An emit expectation as the case wrote it: ~ "RE" or "LINE" (control characters escaped)."""
+    body = escape_text(e.value, backslash=False)
+    return f'~ "{body}"' if e.pattern else f'"{body}"'
+
 
 
 def _result_agg(result: dict, agg: dict) -> dict | None:
@@ -81,6 +117,8 @@ def _agg_check(e: Expect, agg: dict, got: dict | None) -> list[str]:
         matched = set()
         for key, want in e.value.items():
             row = _find_row(rows, by, key)
+            if row is None and want == 0 and additive:
+                continue  # a count or sum with no row is 0
             if row is None:
                 out.append(f"  [{key_text(key)}]: expected {want}, no such row")
                 continue
@@ -93,7 +131,11 @@ def _agg_check(e: Expect, agg: dict, got: dict | None) -> list[str]:
         if len(extra) > MAX_LISTED:
             out.append(f"  ... and {len(extra) - MAX_LISTED} more rows not expected")
         return [f"{where} is not the table expected:", *out] if out else []
-    if e.key is not None:
+    if e.key is not None and WILD in e.key:  # the rows it matches, added up
+        hits = [r for r in rows if all(same_key(k, r["key"][b]) for k, b in zip(e.key, by))]
+        row = _added(hits) if hits else None
+        label = f"{where}[{key_text(e.key)}]"
+    elif e.key is not None:
         row = _find_row(rows, by, e.key)
         label = f"{where}[{key_text(e.key)}]"
     else:
@@ -126,15 +168,22 @@ def _emit_checks(case: Case, result: dict) -> list[str]:
             if not _compare(len(lines), e.op, e.value):
                 out.append(f"{_where(e)}: expected {e.op} {e.value} emitted events, got {len(lines)}")
             continue
+        match = lambda l: re.search(e.value, l) if e.pattern else l == e.value  # noqa: E731
+        if e.kind == "no emit":
+            bad = [l for l in lines if match(l)]
+            if bad:
+                shown = "\n".join(f"      {l}" for l in bad[:MAX_LISTED])
+                out.append(f"{_where(e)}: expected no emitted event {'matching' if e.pattern else 'that is'} "
+                           f"{_pattern(e)}; {len(bad)} were:\n{shown}")
+            continue
         if e.kind != "emit":
             continue
-        match = lambda l: re.search(e.value, l) if e.pattern else l == e.value  # noqa: E731
         hit = next((i for i in range(start if case.ordered else 0, len(lines))
                     if i not in used and match(lines[i])), None)
         if hit is None:
             shown = "\n".join(f"      {l}" for l in lines[:MAX_LISTED]) or "      (none)"
             more = f"\n      ... and {len(lines) - MAX_LISTED} more" if len(lines) > MAX_LISTED else ""
-            how = f"matches ~ {e.value!r}" if e.pattern else f"is {escape_text(e.value)!r}"
+            how = f"matches {_pattern(e)}" if e.pattern else f"is {_pattern(e)}"
             order = " after the events matched above" if case.ordered and used else ""
             out.append(f"{_where(e)}: no emitted event {how}{order}; the events were:\n{shown}{more}")
         else:
@@ -160,7 +209,8 @@ def _workload_checks(case: Case, result: dict) -> list[str]:
         for name in ("stdout", "stderr"):
             pat = getattr(w, name)
             if pat and not re.search(pat[0], r[name]):
-                out.append(f"{where}: the workload's {name} has nothing matching ~ {pat[0]!r}: "
+                shown_pat = escape_text(pat[0], backslash=False)
+                out.append(f"{where}: the workload's {name} has nothing matching ~ \"{shown_pat}\": "
                            f"{escape_text(r[name].strip()[-400:]) or '(empty)'}")
         if r["left_running"] and not r["timed_out"]:
             out.append(f"{where}: note: the workload left {r['left_running']} process(es) running; they were killed")

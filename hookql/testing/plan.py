@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookql.diagnostics import Diagnostic
-from hookql.testing.cases import SUFFIX, Case, CaseError, Expect, normalise, read
+from hookql.testing.cases import SUFFIX, WILD, Case, CaseError, Expect, normalise, read
 
 SKIP_DIRS = {".git", ".hookql", ".venv", "node_modules", "__pycache__"}
 
@@ -28,6 +28,7 @@ class Target:
     release: str  # its release (uname -r)
     mode: str  # how kprobe:/kretprobe: attach there
     label: str
+    arch: str = "x86_64"  # uname -m there
 
 
 @dataclass
@@ -120,6 +121,8 @@ def unmet(case: Case, target: Target) -> str | None:
             have, want = _version(target.release), _version(r.value)
             if not _compare(have[:len(want)], r.op, want):
                 return f"needs kernel {r.op} {r.value}; this is {target.release}"
+        elif r.kind == "arch" and r.value != target.arch:
+            return f"needs the {r.value} architecture; this is {target.arch}"
         elif r.kind == "command" and not shutil.which(r.value):
             return f"needs the command {r.value!r}, which is not on PATH"
         elif r.kind == "hook":
@@ -191,14 +194,56 @@ def describe_aggs(layout: dict) -> str:
     return ", ".join(f"`{a['text']}` (line {a['line']})" for a in layout["aggregations"]) or "none"
 
 
-def find_agg(e: Expect, layout: dict) -> list[dict]:
-    out = []
+def _prefix_end(raw: str, name: str) -> int | None:
+    """Where NAME ends in RAW when RAW starts with it, spacing aside; None when it does not."""
+    want = "".join(name.split())
+    i = k = 0
+    while k < len(want):
+        while i < len(raw) and raw[i].isspace():
+            i += 1
+        if i >= len(raw) or raw[i] != want[k]:
+            return None
+        i, k = i + 1, k + 1
+    return i
+
+
+def resolve(e: Expect, layout: dict) -> dict:
+    """The aggregation an expectation names, and what follows its name there ([KEY], at line N, bucket V);
+    CaseError when it names none, or two alike without `at line`."""
+    from hookql.testing.cases import subject_tail
+
+    raw, span = e.agg, e.agg_span
+    found, first_error = [], None
     for a in layout["aggregations"]:
-        plain = normalise(re.sub(r"\s+as\s+\w+$", "", a["text"]))
-        if e.agg in (normalise(a["text"]), plain) or e.agg == a.get("name"):
-            if e.at_line is None or a["line"] == e.at_line:
-                out.append(a)
-    return out
+        plain = re.sub(r"\s+as\s+\w+$", "", a["text"])
+        for name in sorted({n for n in (a.get("name"), a["text"], plain) if n}, key=len, reverse=True):
+            end = _prefix_end(raw, name)
+            if end is None:
+                continue
+            try:
+                tail = subject_tail(span.source, span.line, raw[end:], span.col + end)
+            except CaseError as exc:
+                first_error = first_error or exc
+                continue
+            found.append((a, tail))
+            break
+    if not found and first_error is not None:
+        raise first_error
+    if not found:
+        _fail(e, f"the script has no aggregation `{normalise(raw)}`",
+              f"its aggregations: {describe_aggs(layout)}; name one as written, or by its `as` name", span)
+    at = {tail[0] for _, tail in found} - {None}
+    if at:
+        found = [(a, t) for a, t in found if a["line"] in at]
+        if not found:
+            _fail(e, f"the script has no `{normalise(raw.split(' at ')[0])}` on line {at.pop()}",
+                  f"its aggregations: {describe_aggs(layout)}", span)
+    if len({a["map"] for a, _ in found}) > 1:
+        lines = ", ".join(str(a["line"]) for a, _ in found)
+        _fail(e, f"the script has more than one `{normalise(raw)}` (lines {lines})",
+              "say which: expect AGG at line N ...", span)
+    a, (_, e.key, e.bucket) = found[0]
+    return a
 
 
 def _fail(e: Expect, message: str, hint: str | None = None, span=None):
@@ -211,35 +256,27 @@ def check_expectations(p: Planned) -> None:
     emit_fields = {f["name"] for r in layout["emits"] for f in r["fields"]}
     key_fields = {f["name"] for a in layout["aggregations"] for f in a["by"]}
     for e in case.expects:
-        if e.kind in ("emit", "emits") and not layout["emits"]:
+        if e.kind in ("emit", "no emit", "emits") and not layout["emits"]:
             _fail(e, "the script emits nothing", "expect emit needs a clause with `emit ...`")
         if e.kind == "denied" and not any(pr["deny"] for pr in layout["probes"]):
             _fail(e, "the script has no `deny`", "expect denied needs a clause that denies")
         if e.kind != "agg":
             continue
-        found = find_agg(e, layout)
-        if not found:
-            _fail(e, f"the script has no aggregation `{e.agg}`" + (f" on line {e.at_line}" if e.at_line else ""),
-                  f"its aggregations: {describe_aggs(layout)}; name one as written, or by its `as` name",
-                  e.agg_span)
-        if len(found) > 1:
-            lines = ", ".join(str(a["line"]) for a in found)
-            _fail(e, f"the script has `{e.agg}` on lines {lines}", f"say which: expect {e.agg} at line N ...",
-                  e.agg_span)
-        a = found[0]
+        a = resolve(e, layout)
         p.aggs[id(e)] = a
+        agg = a.get("name") or a["text"]
         hist = a["func"] in ("hist", "lhist")
         by = [f["name"] for f in a["by"]]
         if e.key is not None and not by:
-            _fail(e, f"`{a['text']}` has no keys: it is one value", f"expect {e.agg} {e.op} N")
+            _fail(e, f"`{a['text']}` has no keys: it is one value", f"expect {agg} {e.op} N")
         if e.key is not None and len(e.key) != len(by):
             _fail(e, f"`{a['text']}` is keyed by {len(by)} value{'s' * (len(by) != 1)} ({', '.join(by)}); "
                      f"this row names {len(e.key)}", f"give one value per key: [{', '.join(by)}]")
         if isinstance(e.value, dict):
             if not by:
-                _fail(e, f"`{a['text']}` has no keys: compare it with a number", f"expect {e.agg} == N")
+                _fail(e, f"`{a['text']}` has no keys: compare it with a number", f"expect {agg} == N")
             if hist:
-                _fail(e, "a histogram is compared bucket by bucket", f"expect {e.agg}[KEY] bucket VALUE == N")
+                _fail(e, "a histogram is compared bucket by bucket", f"expect {agg}[KEY] bucket VALUE == N")
             for k in e.value:
                 if len(k) != len(by):
                     _fail(e, f"a row of this table names {len(k)} value{'s' * (len(k) != 1)}; "
@@ -247,17 +284,40 @@ def check_expectations(p: Planned) -> None:
                           "a row with several keys is written (K1, K2): N")
         elif by and e.key is None:
             _fail(e, f"`{a['text']}` has a row per {', '.join(by)}",
-                  f"expect one row (expect {e.agg}[KEY] {e.op} N) or the table (expect {e.agg} == {{KEY: N}})")
+                  f"expect one row (expect {agg}[KEY] {e.op} N) or the table (expect {agg} == {{KEY: N}})")
+        _check_names(e, a, [e.key] if e.key is not None else list(e.value) if isinstance(e.value, dict) else [])
+        if e.key is not None and WILD in e.key and a["func"] not in ("count", "sum", "hist", "lhist"):
+            _fail(e, f"* adds up the rows it matches; `{a['text']}` ({a['func']}) cannot be added up",
+                  "name each key of the row")
         if e.bucket is not None and not hist:
-            _fail(e, f"`{a['text']}` is not a histogram: it has no buckets", f"expect {e.agg}... {e.op} N")
+            _fail(e, f"`{a['text']}` is not a histogram: it has no buckets", f"expect {agg}... {e.op} N")
         if hist and e.bucket is None:
             _fail(e, "a histogram is compared bucket by bucket",
-                  f"expect {e.agg}{'[KEY]' if by else ''} bucket VALUE {e.op} N (the bucket holding VALUE)")
+                  f"expect {agg}{'[KEY]' if by else ''} bucket VALUE {e.op} N (the bucket holding VALUE)")
     for m in case.masks:
         if m not in emit_fields | key_fields:
-            raise CaseError(Diagnostic("error", case.golden[1], f"mask {m}: no key or emitted field is named {m}",
+            raise CaseError(Diagnostic("error", case.mask_spans.get(m, case.golden[1]),
+                                       f"mask {m}: no key or emitted field is named {m}",
                                        f"keys: {', '.join(sorted(key_fields)) or 'none'}; emitted: "
                                        f"{', '.join(sorted(emit_fields)) or 'none'}"))
+
+
+def _check_names(e: Expect, a: dict, keys: list[tuple]) -> None:
+    """A key written as a name (an errno, an enum value) must be one its field prints: caught before anything
+    runs, not as a row that never comes."""
+    import difflib
+
+    from hookql.runtime.events import _names
+
+    for key in keys:
+        for part, f in zip(key, a["by"]):
+            if part is WILD or re.fullmatch(r"-?\d+", part):
+                continue
+            names = [t for _, t in _names(f.get("display"), False)]
+            if names and part not in names:
+                close = difflib.get_close_matches(part, names, 1)
+                _fail(e, f"`{part}` is not a value of {f['name']}",
+                      f"did you mean {close[0]}?" if close else f"it prints as one of: {', '.join(sorted(names)[:8])}, ...")
 
 
 def plan_entry(index: int, p: Planned) -> dict:
