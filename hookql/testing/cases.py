@@ -321,9 +321,9 @@ def subject_tail(src: Source, lineno: int, text: str, col: int) -> tuple[int | N
     return at, key, bucket
 
 
-def _unclosed(text: str, start: int) -> int | None:
-    """Where the first bracket left open in TEXT[start:] is (outside quotes), if one is."""
-    stack, i, quote = [], start, False
+def _code(text: str, start: int):
+    """(index, character) of TEXT[start:] outside string literals, up to a # comment."""
+    i, quote = start, False
     while i < len(text):
         ch = text[i]
         if quote:
@@ -334,52 +334,43 @@ def _unclosed(text: str, start: int) -> int | None:
         elif ch == '"':
             quote = True
         elif ch == "#":
-            break
-        elif ch in "([{":
+            return
+        else:
+            yield i, ch
+        i += 1
+
+
+def _unclosed(text: str, start: int) -> int | None:
+    """Where the first bracket left open in TEXT[start:] is (outside quotes), if one is."""
+    stack = []
+    for i, ch in _code(text, start):
+        if ch in "([{":
             stack.append(i)
         elif ch in ")]}" and stack:
             stack.pop()
-        i += 1
     return stack[0] if stack else None
 
 
 def _comparison(text: str, start: int) -> tuple[int, str] | None:
     """The last comparison operator at the top level of TEXT[start:] (outside quotes and brackets, before a
     comment): where an aggregation's own text ends and what it is compared with begins.  `>>` and `<<`
-    are shifts, not comparisons."""
-    found, depth, i, quote = None, 0, start, False
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quote = False
-        elif ch == '"':
-            quote = True
-        elif ch == "#":
-            break
-        elif ch in "([{":
+    are shifts, not comparisons; a run of = ! < > ~ that is no comparison is returned as it is (an error)."""
+    found, depth, skip = None, 0, start
+    for i, ch in _code(text, start):
+        if i < skip:
+            continue
+        if ch in "([{":
             depth += 1
         elif ch in ")]}":
             depth -= 1
-        elif depth == 0 and text.startswith((">>", "<<"), i):
-            i += 2
-            continue
-        elif depth == 0 and text[i:i + 2] in ("==", "!=", ">=", "<="):
-            found = (i, text[i:i + 2])
-            i += 2
-            continue
-        elif depth == 0 and ch in "<>~":
-            found = (i, ch)
-        elif depth == 0 and ch in "=!":  # not a comparison: said where it is
+        elif depth == 0 and ch in "=!<>~":
             j = i
             while j < len(text) and text[j] in "=!<>~":
                 j += 1
-            found = (i, text[i:j])
-            i = j
-            continue
-        i += 1
+            run = text[i:j]
+            if run not in (">>", "<<"):
+                found = (i, run)
+            skip = j
     return found
 
 
