@@ -60,8 +60,8 @@ test "a wrong count" {{
     lines = r.stdout.splitlines()
     assert lines[0].startswith("PASS  s.hqt: three calls")
     assert lines[1].startswith("FAIL  s.hqt: a wrong count")
-    assert "s.hqt:11:5: `count by comm` (line 1)[python3]: expected == 5, got 2" in r.stdout
-    assert "s.hqt:12:5: `count by comm` (line 1) is not the table expected:" in r.stdout
+    assert "s.hqt:11:5: `count by comm` (s.hq:1)[python3]: expected == 5, got 2" in r.stdout
+    assert "s.hqt:12:5: `count by comm` (s.hq:1) is not the table expected:" in r.stdout
     assert "[bash]: expected 1, no such row" in r.stdout and "[sh]: 1, not expected" in r.stdout
     assert lines[-1].startswith("1 passed, 1 failed in ")
 

@@ -171,3 +171,23 @@ def test_script_using_a_git_library_runs_for_real(tmp_path, env):
     assert r.returncode == 0, r.stderr
     (agg,) = [json.loads(l) for l in r.stdout.splitlines()]
     assert agg["rows"] == [{"key": {"comm": comm}, "value": 7}]
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hookql test loads BPF programs")
+def test_a_git_librarys_tests_run_with_deps_and_not_on_install(tmp_path, env):
+    ran = tmp_path / "ran"
+    lib = tmp_path / "optlib"
+    case = (f'test "rcvbuf" {{\n    use optlib\n    on tracepoint:syscalls:sys_enter_getsockopt where '
+            f'optlib.rcvbuf(optname) {{ count }}\n    run "echo x >> {ran}; {sys.executable} -c \'import socket; '
+            f'socket.socket().getsockopt(1, 8)\'"\n    expect count == 1\n}}\n')
+    release(lib, "1.0.0", {"lib.hq": "def rcvbuf(o) = o == SO_RCVBUF\n", "lib.hqt": case}, env)
+    app = project(tmp_path, f'optlib = {{ git = "file://{lib}", version = "^1" }}')
+    assert hq(app, "lib", "install", env=env).returncode == 0
+    assert not ran.exists()  # installing never runs a library's tests
+    (app / "a.hq").write_text("on tracepoint:syscalls:sys_enter_getsockopt { count }\n")
+    (app / "a.hqt").write_text(f'test "a" {{\n    run "true"\n    expect count == 0\n}}\n')
+    r = hq(app, "test", env=env)
+    assert r.returncode == 0 and "a.hqt: a" in r.stdout and "rcvbuf" not in r.stdout, r.stdout + r.stderr
+    r = hq(app, "test", "--deps", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "PASS " in r.stdout and "lib.hqt: rcvbuf" in r.stdout and ran.read_text() == "x\n", r.stdout

@@ -107,11 +107,20 @@ def _result_agg(result: dict, agg: dict) -> dict | None:
     return next((a for a in result["aggregations"] if a["text"] == agg["text"] and a["line"] == agg["line"]), None)
 
 
-def _agg_check(e: Expect, agg: dict, got: dict | None) -> list[str]:
+def script_name(case: Case) -> str:
+    """The script as failures name it: its path as the case gives it, or the case file for inline clauses."""
+    import os
+
+    path = case.inline.name if case.inline is not None else os.path.relpath(case.script) \
+        if not os.path.relpath(case.script).startswith("..") else str(case.script)
+    return escape_text(path, backslash=False)
+
+
+def _agg_check(e: Expect, agg: dict, got: dict | None, script: str) -> list[str]:
     rows = got["rows"] if got else []
     by = [f["name"] for f in agg["by"]]
     additive = agg["func"] in ("count", "sum", "hist", "lhist")
-    where = f"`{escape_text(agg['text'])}` (line {agg['line']})"
+    where = f"`{escape_text(agg['text'])}` ({script}:{agg['line']})"
     if isinstance(e.value, dict):
         out = []
         matched = set()
@@ -226,7 +235,7 @@ def evaluate(p: Planned, result: dict) -> list[str]:
     for e in case.expects:
         if e.kind == "agg":
             agg = p.aggs[id(e)]
-            fails = _agg_check(e, agg, _result_agg(result, agg))
+            fails = _agg_check(e, agg, _result_agg(result, agg), script_name(case))
             out += [f"{_where(e)}: {fails[0]}", *fails[1:]] if fails else []
         elif e.kind == "denied":
             n = sum(d["denied"] + d["would_deny"] for d in result["denies"])
