@@ -11,6 +11,8 @@ readable and unambiguous:
   \n \t \r -> \n \t \r
   every other C0 control (U+0000-U+001F), DEL (U+007F) and C1 control
   (U+0080-U+009F) -> \xHH, two lowercase hex digits of the code point
+  bidirectional overrides and isolates, U+2028/U+2029 -> \\uXXXX
+  a lone surrogate (a file name's undecodable byte, U+DC80-U+DCFF) -> \\xHH of that byte
   everything else (printable ASCII, printable UTF-8: héllo, 日本) as is;
   bytes that are not UTF-8 were already U+FFFD (decode(errors="replace"))
 
@@ -24,8 +26,17 @@ from __future__ import annotations
 _SHORT = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
 
 
+# Not controls, yet they change what the text around them looks like: bidirectional overrides and
+# isolates reorder a line (a name can show as another), line and paragraph separators break one.
+_INVISIBLE = [0x061C, 0x200E, 0x200F, *range(0x202A, 0x202F), *range(0x2066, 0x206A), 0x2028, 0x2029]
+
+
 def _table(backslash: bool) -> dict[int, str]:
     t = {cp: _SHORT.get(chr(cp), f"\\x{cp:02x}") for cp in [*range(0x20), *range(0x7F, 0xA0)]}
+    t.update({cp: f"\\u{cp:04x}" for cp in _INVISIBLE})
+    # lone surrogates: a file name's undecodable byte (os.fsdecode's surrogateescape: U+DC80-U+DCFF is the
+    # byte 0x80-0xFF, which printed could be an 8-bit C1 control such as CSI 0x9b) as that byte's \xHH
+    t.update({cp: f"\\x{cp - 0xDC00:02x}" if 0xDC80 <= cp <= 0xDCFF else f"\\u{cp:04x}" for cp in range(0xD800, 0xE000)})
     if backslash:
         t[ord("\\")] = "\\\\"
     return t

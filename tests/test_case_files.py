@@ -122,6 +122,9 @@ def test_aggregation_text_is_normalised():
     ('test "t" {\n  run "true"\n  expect count == 1\n  requires kernel >= six\n}\n', "x.hqt:4:22", "kernel version"),
     ('test "t" {\n  run "true"\n  expect count == 1 2\n}\n', "x.hqt:3:21", "at the end of the statement"),
     ('test "t" {\n  run "true" \x1b[2J\n}\n', "x.hqt:2:14", "unexpected character"),
+    ('test "t" {\n  run "printf \\0"\n}\n', "x.hqt:2:7", "cannot hold a NUL"),
+    ('test "t" {\n  run "true"\n  golden "x.hq"\n}\n', "x.hqt:3:10", "not a script or cases"),
+    ('test "t" {\n  run "true"\n  expect count by comm == {"a": 1, "a": 2}\n}\n', "x.hqt:3:36", "twice"),
 ])
 def test_each_mistake_names_file_line_col(text, where, words):
     msg = error(text)

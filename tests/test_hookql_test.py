@@ -398,3 +398,102 @@ def test_a_kernel_image_that_cannot_boot_says_why_in_one_line(tmp_path):
     assert r.returncode == 2 and r.stdout == "", r.stdout
     (line,) = r.stderr.strip().splitlines()
     assert line.startswith("hookql test: error: ") and "junk.img" in line, line
+
+
+# -- what a red-team review found (each once a false pass, a hang or a leak) ---------------------------------
+def test_a_workload_that_kills_its_runner_fails_the_case_never_passes_it(tmp_path):
+    write(tmp_path, "s.hqt", '''test "kill -9" {
+    on tracepoint:syscalls:sys_enter_getppid { count by comm }
+    run "kill -9 $PPID; sleep 0.3"
+    run "exit 3"
+    expect count by comm["x"] == 0
+}
+test "kill -INT" {
+    on tracepoint:syscalls:sys_enter_getppid { count by comm }
+    run "kill -INT $PPID; sleep 0.3; exit 7"
+    run "exit 3"
+    expect count by comm["x"] == 0
+}
+''')
+    r = hqtest(tmp_path, "s.hqt")
+    assert r.returncode == 1 and "PASS" not in r.stdout, r.stdout
+    assert "ERROR s.hqt: kill -9" in r.stdout and "did not finish" in r.stdout
+    assert "s.hqt:9:5: the workload exited 7" in r.stdout and "s.hqt:10:5: the workload exited 3" in r.stdout
+
+
+def test_a_cgroup_the_workload_makes_is_counted_and_removed_with_what_runs_in_it(tmp_path):
+    tag = f"hq{os.getpid()}x"
+    write(tmp_path, "s.hqt", f'''test "nested" {{
+    on tracepoint:syscalls:sys_enter_getppid {{ count by comm }}
+    run "CG=/sys/fs/cgroup$(grep ^0:: /proc/self/cgroup | cut -d: -f3); mkdir $CG/sub; echo $$ > $CG/sub/cgroup.procs; {PY} -c 'import os; os.getppid()'; setsid sleep 777{tag} 2>/dev/null & true"
+    expect count by comm == {{"sh": 1, "python3": 1}}
+}}
+''')
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    p = subprocess.run(hookql_cmd() + ["test", "s.hqt"], cwd=tmp_path, env=env, capture_output=True, text=True,
+                       timeout=120)
+    assert p.returncode == 0, p.stdout + p.stderr
+    assert subprocess.run(["pgrep", "-f", f"sleep 777{tag}"], capture_output=True).returncode == 1
+    assert not [d for d in os.listdir("/sys/fs/cgroup") if d.startswith("hookql-test.") and
+                not Path(f"/proc/{d.split('.')[1]}").exists()]
+
+
+def test_a_script_others_can_write_is_not_loaded(tmp_path):
+    d = tmp_path / "shared"
+    d.mkdir()
+    d.chmod(0o1777)
+    script = write(d, "s.hq", GETPPID + "\n")
+    script.chmod(0o666)
+    write(tmp_path, "s.hqt", f'test "t" {{\n    script "shared/s.hq"\n    run "true"\n'
+                             f'    expect count by comm == {{}}\n}}\n')
+    r = hqtest(tmp_path, "s.hqt")
+    assert r.returncode == 1 and "s.hqt:2:12: error: the script" in r.stdout and "not safe to load" in r.stdout
+
+
+def test_fifos_never_hang_the_run(tmp_path):
+    os.mkfifo(tmp_path / "f.hqt")
+    write(tmp_path, "s.hqt", 'test "t" {\n    on tracepoint:syscalls:sys_enter_getppid { count }\n'
+                             '    run "true"\n    expect count == 1\n}\n')
+    os.mkfifo(tmp_path / "j.xml")
+    r = hqtest(tmp_path, "--junit", "j.xml", ".", timeout=60)
+    assert "ERROR f.hqt\n    f.hqt: cannot read: not a regular file" in r.stdout, r.stdout
+    assert r.returncode == 2 and "cannot write --junit j.xml" in r.stderr
+
+
+def test_a_flood_of_output_is_kept_to_its_tail(tmp_path):
+    write(tmp_path, "s.hqt", '''test "flood" {
+    on tracepoint:syscalls:sys_enter_getppid { count }
+    run "head -c 300000000 /dev/zero; echo; echo the-end" stdout ~ "the-end"
+    expect count >= 0
+}
+''')
+    r = hqtest(tmp_path, "s.hqt", timeout=300)
+    assert r.returncode == 0 and "PASS" in r.stdout, r.stdout
+
+
+def test_accept_never_overwrites_a_file_it_did_not_write(tmp_path):
+    write(tmp_path, "notes.txt", "my notes\n")
+    write(tmp_path, "s.hqt", f'test "t" {{\n    on tracepoint:syscalls:sys_enter_getppid {{ count }}\n'
+                             f'    run "{getppids(1)}"\n    golden "notes.txt"\n}}\n')
+    r = hqtest(tmp_path, "--accept", "s.hqt")
+    assert r.returncode == 1 and "is not a golden file `hookql test --accept` wrote" in r.stdout, r.stdout
+    assert (tmp_path / "notes.txt").read_text() == "my notes\n"
+
+
+def test_sigterm_stops_the_run_and_leaves_nothing(tmp_path):
+    write(tmp_path, "s.hqt", 'test "t" {\n    on tracepoint:syscalls:sys_enter_getppid { count }\n'
+                             '    run "sleep 600" timeout 10m\n    expect count == 0\n}\n')
+    env = {**os.environ, "XDG_CACHE_HOME": str(tmp_path / "cache")}
+    p = subprocess.Popen(hookql_cmd() + ["test", "s.hqt"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not held_programs(p.pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    held = held_programs(p.pid)
+    time.sleep(0.3)
+    p.terminate()
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130 and "interrupted" in err and "Traceback" not in err, err
+    for prog in held:
+        assert subprocess.run(["bpftool", "prog", "show", "id", str(prog)], capture_output=True).returncode != 0
+    assert not [d for d in os.listdir("/sys/fs/cgroup") if d.startswith(f"hookql-test.{p.pid}.")]

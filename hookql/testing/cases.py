@@ -429,6 +429,8 @@ def _expect_line(src: Source, lineno: int, text: str) -> Expect:
         while not line.at("}"):
             k = _key(line, ":")
             line.word(":")
+            if k in table:
+                line.fail(f"the row [{', '.join(k)}] is in this table twice", tok=line.toks[line.i - 2])
             table[k] = _count(line)
             if not line.at(","):
                 break
@@ -492,6 +494,9 @@ def _run(line: _Line, kw: Tok) -> Workload:
     t = line.next("the command in double quotes", "string", hint='e.g. run "curl -s http://127.0.0.1:8080/"')
     if not t.value.strip():
         line.fail("an empty command", tok=t)
+    if "\0" in t.value:
+        line.fail("a command cannot hold a NUL character (\\0 or \\x00)", tok=t,
+                  hint="for the shell's own escapes write the backslash twice: printf '\\\\033[1m'")
     w = Workload(t.value, line.span(kw))
     while line.peek() is not None:
         opt = line.word("timeout", "exits", "stdout", "stderr")
@@ -542,6 +547,9 @@ def _statement(case: Case, line: _Line) -> None:
         if case.golden is not None:
             line.fail("one golden file per case", tok=kw)
         t = line.next("the golden file's path in double quotes", "string")
+        if t.value.endswith((".hq", SUFFIX)):
+            line.fail("a golden file holds results, not a script or cases: --accept would overwrite it", tok=t,
+                      hint='name it after the case, e.g. golden "connects.expected"')
         case.golden = (case.file.parent / _relative(line, t, "golden file"), line.span(t))
         if line.at("mask"):
             line.next("mask")
@@ -674,8 +682,29 @@ def _finish(case: Case, src: Source, lines: list[str], inline: set[int]) -> None
                                    "add an expectation (expect count == 3) or a golden file (golden \"x.out\")"))
 
 
+MAX_SIZE = 4 << 20
+
+
 def read(path: Path) -> list[Case]:
-    """The cases of one file (read as text; nothing in it runs here)."""
-    text = path.read_text(encoding="utf-8")
+    """The cases of one file (read as text; nothing in it runs here): a regular file (a FIFO would hang the
+    open), at most 4 MiB; OSError or CaseError when not."""
+    import os
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise OSError(22, "not a regular file")
+        data = f.read(MAX_SIZE + 1)
+    if len(data) > MAX_SIZE:
+        raise OSError(27, f"larger than {MAX_SIZE >> 20} MiB")
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        line = data.count(b"\n", 0, exc.start) + 1
+        col = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+        src = Source(str(path), data.decode("utf-8", "replace"))
+        raise CaseError(Diagnostic("error", Span(src, line, col, line, col + 1),
+                                   f"byte 0x{data[exc.start]:02x} is not UTF-8", "case files are UTF-8 text"))
     src = Source(str(path), text, real=str(path.resolve()))
     return parse(src, path)

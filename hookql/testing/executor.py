@@ -72,8 +72,7 @@ def run_case(case: dict, scratch: str) -> dict:
         msg = str(exc.strerror if isinstance(exc, LibbpfError) else exc) + (f" (hint: {hint})" if hint else "")
         return {"status": "error", "reason": f"could not load or attach: {msg}"}
     finally:
-        if cg is not None:
-            cg.remove()
+        left = cg.remove() if cg is not None else None
     if session.stopped_by is not None:
         raise KeyboardInterrupt
     try:
@@ -82,6 +81,11 @@ def run_case(case: dict, scratch: str) -> dict:
     except (OSError, ValueError):
         return {"status": "error", "reason": "the workloads did not finish (their runner was stopped)",
                 "stderr": err.getvalue()[-4000:]}
+    if len(workloads) != len(case["workloads"]):
+        return {"status": "error", "reason": f"only {len(workloads)} of the {len(case['workloads'])} workloads ran "
+                                             "(their runner was stopped)"}
+    if left:
+        return {"status": "error", "reason": left}
     result = {"status": "ran", "workloads": workloads, "aggregations": [], "events": [], "denies": [],
               "states": [], "lost": session.lost}
     for line in out.getvalue().splitlines():

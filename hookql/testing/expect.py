@@ -203,9 +203,14 @@ def _emit_checks(case: Case, result: dict) -> list[str]:
 
 def _workload_checks(case: Case, result: dict) -> list[str]:
     out = []
+    if len(result["workloads"]) != len(case.workloads):
+        return [f"only {len(result['workloads'])} of the {len(case.workloads)} workloads ran"]
     for w, r in zip(case.workloads, result["workloads"]):
         where = f"{escape_text(w.span.source.name, backslash=False)}:{w.span.line}:{w.span.col}"
         cmd = escape_text(w.command)
+        if "error" in r:
+            out.append(f"{where}: the workload did not run: {escape_text(r['error'])}: {cmd}")
+            continue
         tail = escape_text(r["stderr"].strip()[-800:])
         if r["not_found"]:
             out.append(f"{where}: the workload's command was not found: {cmd}\n      {tail}")

@@ -61,8 +61,8 @@ def discover(paths: list[Path]) -> tuple[list[Path], list[str]]:
     virtual environments left out), sorted; and the paths that do not exist."""
     found, missing = [], []
     for p in paths:
-        if p.is_file():
-            found.append(p)
+        if p.is_file() or (p.exists() and not p.is_dir()):
+            found.append(p)  # not a regular file: load_file says so
         elif p.is_dir():
             for root, dirs, files in os.walk(p):  # symbolic links to directories are not followed
                 dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS and not d.startswith("."))
@@ -139,8 +139,16 @@ def script_source(case: Case):
 
     if case.inline is not None:
         return case.inline
+    from hookql.cache.dirs import CacheError, trusted_file_path
+
     path = case.script
     span = case.script_span or case.span
+    try:
+        trusted_file_path(str(path))  # loaded as root: no one else may change it (as the case file)
+    except CacheError as exc:
+        raise CaseError(Diagnostic("error", span, f"the script {path} is not safe to load: {exc}")) from None
+    except OSError:
+        pass  # it cannot be read: said below
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there would hang a plain open
         with open(fd, encoding="utf-8") as f:

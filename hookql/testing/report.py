@@ -6,6 +6,7 @@ terminal (runtime/escape.py) or the XML (control characters are not allowed in X
 from __future__ import annotations
 
 import os
+import stat
 import sys
 import xml.etree.ElementTree as ET
 
@@ -72,7 +73,12 @@ def junit(outcomes: list[Outcome], seconds: float, path: str) -> None:
         elif o.status == "skip":
             ET.SubElement(tc, "skipped", message=first)
     data = ET.tostring(root, encoding="unicode", xml_declaration=False)
-    # never through a symbolic link someone left at that name
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644)
+    # never through a symbolic link someone left at that name, into a FIFO or device, or into another's file
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY, 0o644)
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode) or st.st_uid not in (0, os.geteuid()):
+        os.close(fd)
+        raise OSError(1, "not a regular file of yours")
+    os.ftruncate(fd, 0)
     with open(fd, "w", encoding="utf-8") as f:
         f.write('<?xml version="1.0" encoding="UTF-8"?>\n' + data + "\n")

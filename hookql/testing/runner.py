@@ -106,10 +106,19 @@ def dependency_paths(roots: list[Path]) -> list[Path]:
     return out
 
 
+def _stop(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM as Ctrl-C: everything attached is released, every workload killed
+
+
 def run(opts: Options, out=None) -> int:
+    import signal
+
     console = Console(out)
     started = time.monotonic()
+    old = signal.signal(signal.SIGTERM, _stop)
     try:
+        if opts.kernel_modules and not opts.kernel_image:
+            raise Stop("--kernel-modules goes with --kernel-image (Debian's kernel brings its own)")
         return _run(opts, console, started)
     except Stop as exc:
         print(f"hookql test: error: {exc}", file=sys.stderr)
@@ -117,6 +126,8 @@ def run(opts: Options, out=None) -> int:
     except KeyboardInterrupt:
         print("hookql test: interrupted; nothing is left attached", file=sys.stderr)
         return 130
+    finally:
+        signal.signal(signal.SIGTERM, old)
 
 
 def _run(opts: Options, console: Console, started: float) -> int:
@@ -224,6 +235,7 @@ def _judge(p: Planned, r: dict, opts: Options, console: Console) -> Outcome:
 
 
 def _golden(p: Planned, r: dict, opts: Options, o: Outcome, others_failed: bool = False) -> list[str]:
+    from hookql.cache.dirs import CacheError, trusted_path
     from hookql.libs import confine
 
     path, span = p.case.golden
@@ -232,8 +244,12 @@ def _golden(p: Planned, r: dict, opts: Options, o: Outcome, others_failed: bool 
     root = p.case.file.parent
     try:
         real = confine.check(path, root)
+        # what it says is the truth, and --accept writes there: no one else may change the way to it
+        trusted_path(real, os.geteuid(), str(path), leaf=True, hint="keep golden files where only you can write")
     except confine.Outside:
         return [f"{where}: the golden file {path} leads outside {root} (a symbolic link); HookQL does not follow it"]
+    except CacheError as exc:
+        return [f"{where}: the golden file is not safe to use: {exc}"]
     try:
         expected = confine.read_text(path, root)
     except FileNotFoundError:
@@ -243,6 +259,10 @@ def _golden(p: Planned, r: dict, opts: Options, o: Outcome, others_failed: bool 
     if opts.accept:
         if others_failed and expected != actual:  # results of a case that fails otherwise are not the truth
             return [f"{where}: the golden file {path} was not written: the case fails otherwise (above)"]
+        if expected is not None and expected != actual and \
+                not expected.split("\n", 1)[0].endswith(": written by `hookql test --accept`"):
+            return [f"{where}: {path} is not a golden file `hookql test --accept` wrote (its first line says so); "
+                    "it was not overwritten: name a new file, or remove that one"]
         if expected != actual:
             try:
                 _write_golden(real, actual)
@@ -260,13 +280,20 @@ def _golden(p: Planned, r: dict, opts: Options, o: Outcome, others_failed: bool 
 
 
 def _write_golden(real: str, text: str) -> None:
-    """Next to the case file, never through a symbolic link: a temporary file, then a rename."""
+    """Next to the case file, never through a symbolic link: a temporary file, then a rename; an existing
+    file keeps its owner and mode."""
     d = os.path.dirname(real)
+    try:
+        old = os.lstat(real)
+    except FileNotFoundError:
+        old = None
     fd, tmp = tempfile.mkstemp(prefix=".golden-", dir=d)
     try:
         with open(fd, "w", encoding="utf-8") as f:
             f.write(text)
-        os.chmod(tmp, 0o644)
+        os.chmod(tmp, old.st_mode & 0o777 if old else 0o644)
+        if old:
+            os.chown(tmp, old.st_uid, old.st_gid)
         os.replace(tmp, real)
     except BaseException:
         os.unlink(tmp)

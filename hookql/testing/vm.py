@@ -412,6 +412,24 @@ def _default_kernel() -> Kernel:
     return kernel()
 
 
+RESULT_MAX = 64 << 20
+
+
+def _read_result(path: Path) -> str:
+    """A file the guest wrote into the results share: a regular file, not through a link the guest made
+    (it is root in there), at most RESULT_MAX bytes; "" when there is none."""
+    import stat
+
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC | os.O_NOCTTY)
+    except OSError:
+        return ""
+    with open(fd, "rb") as f:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            return ""
+        return f.read(RESULT_MAX).decode("utf-8", "replace")
+
+
 def run(script: str, timeout: float = 900, cpus: int = 2, memory: str = "2G", kernel: Kernel | None = None) -> Result:
     """Boot, run `script` with /bin/sh in the guest (cwd: a fresh results dir), power off.
     kernel None: Debian's default.  VMError when the tools are missing or the guest did not boot;
@@ -437,7 +455,7 @@ def run(script: str, timeout: float = 900, cpus: int = 2, memory: str = "2G", ke
             qemu_err = p.stderr.decode("utf-8", "replace") if p.returncode else ""
         except subprocess.TimeoutExpired:
             timed_out = True
-        read = lambda n: (results / n).read_text(errors="replace") if (results / n).exists() else ""
+        read = lambda n: _read_result(results / n)  # noqa: E731
         log = read("console.log")
         if not (results / "started").exists():
             if qemu_err:

@@ -7,9 +7,11 @@ command), so the run ends when the last workload has.  Each command runs
 with /bin/sh in the case file's directory, inside the case's cgroup: the
 programs count only that cgroup's tasks (scope workload), and at a timeout
 (or when a command leaves processes behind) everything in it is killed,
-so nothing a case started outlives it.  The results go to SPEC's "out" file,
-in a directory only HookQL can write; stdout and stderr are kept to their
-last 16 KiB.
+so nothing a case started outlives it (a cgroup the workload made inside
+its own goes too).  The results go to SPEC's "out" file, in a directory only
+HookQL can write; stdout and stderr are read through pipes and only their
+last 16 KiB are kept: a workload cannot fill a disk with its output.  A
+command that cannot even start is a result too (its error), never a gap.
 """
 from __future__ import annotations
 
@@ -18,7 +20,7 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
+import threading
 import time
 
 KEEP = 16 * 1024
@@ -53,20 +55,23 @@ class Cgroup:
             f.write("0")
 
     def pids(self) -> list[int]:
-        try:
-            with open(os.path.join(self.path, "cgroup.procs")) as f:
-                return [int(x) for x in f.read().split()]
-        except OSError:
-            return []
+        """Every process in it, in the cgroups below it too."""
+        out = []
+        for root, _, _ in os.walk(self.path):
+            try:
+                with open(os.path.join(root, "cgroup.procs")) as f:
+                    out += [int(x) for x in f.read().split()]
+            except OSError:
+                pass
+        return out
 
     def kill_all(self) -> int:
-        """SIGKILL everything in it (cgroup.kill where the kernel has it, 5.14+); how many there were."""
+        """SIGKILL everything in it and below it (cgroup.kill where the kernel has it, 5.14+); how many there
+        were."""
         pids = self.pids()
-        if not pids:
-            return 0
         try:
             with open(os.path.join(self.path, "cgroup.kill"), "w") as f:
-                f.write("1")
+                f.write("1")  # the cgroups below it too
         except OSError:
             for _ in range(50):  # forks racing the kill: again until it is empty
                 for pid in self.pids():
@@ -82,16 +87,25 @@ class Cgroup:
             time.sleep(0.01)
         return len(pids)
 
-    def remove(self) -> None:
+    def remove(self) -> str | None:
+        """Kill what is in it, remove it and the cgroups made below it; why it could not, if it could not."""
         self.kill_all()
         for _ in range(100):
+            for root, dirs, _ in os.walk(self.path, topdown=False):
+                for d in dirs:
+                    try:
+                        os.rmdir(os.path.join(root, d))
+                    except OSError:
+                        pass
             try:
                 os.rmdir(self.path)
-                return
+                return None
             except FileNotFoundError:
-                return
-            except OSError:
+                return None
+            except OSError as exc:
+                why = exc.strerror
                 time.sleep(0.02)
+        return f"the cgroup {self.path} could not be removed ({why}): something the workload left is in it"
 
 
 def mount_point() -> str | None:
@@ -107,57 +121,71 @@ def mount_point() -> str | None:
     return None
 
 
-def _tail(path: str) -> str:
-    with open(path, "rb") as f:
-        f.seek(0, os.SEEK_END)
-        size = f.tell()
-        f.seek(max(0, size - KEEP))
-        data = f.read()
-    return ("[...]" if size > KEEP else "") + data.decode("utf-8", "replace")
+class _Tail:
+    """The last KEEP bytes of a pipe, read by a thread until it closes."""
+
+    def __init__(self, pipe):
+        self.pipe, self.data, self.size = pipe, bytearray(), 0
+        self.thread = threading.Thread(target=self._read, daemon=True)
+        self.thread.start()
+
+    def _read(self) -> None:
+        while chunk := self.pipe.read1(65536):
+            self.size += len(chunk)
+            self.data += chunk
+            if len(self.data) > 2 * KEEP:
+                del self.data[:-KEEP]
+
+    def text(self) -> tuple[str, bool]:
+        """(the tail, decoded; whether earlier output was left out)."""
+        self.thread.join(2)  # a process that left the cgroup may still hold the pipe: not waited for
+        return bytes(self.data[-KEEP:]).decode("utf-8", "replace"), self.size > KEEP
 
 
-def run_one(w: dict, cg: Cgroup | None, scratch: str) -> dict:
-    out_path, err_path = os.path.join(scratch, "stdout"), os.path.join(scratch, "stderr")
-    with open(out_path, "wb") as out, open(err_path, "wb") as err:
-        start = time.monotonic()
-        p = subprocess.Popen(["/bin/sh", "-c", w["command"]], cwd=w["cwd"], stdin=subprocess.DEVNULL, stdout=out,
-                             stderr=err, start_new_session=True, preexec_fn=cg.enter if cg else None)
-        timed_out = False
+def run_one(w: dict, cg: Cgroup | None) -> dict:
+    start = time.monotonic()
+    try:
+        p = subprocess.Popen(["/bin/sh", "-c", w["command"]], cwd=w["cwd"], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True,
+                             preexec_fn=cg.enter if cg else None)
+    except (OSError, ValueError, subprocess.SubprocessError) as exc:
+        return {"error": f"it could not be started: {exc}"}
+    out, err = _Tail(p.stdout), _Tail(p.stderr)
+    timed_out = False
+    try:
+        status = p.wait(timeout=w["timeout"])
+    except subprocess.TimeoutExpired:
+        timed_out = True
+        if cg:
+            cg.kill_all()
         try:
-            status = p.wait(timeout=w["timeout"])
-        except subprocess.TimeoutExpired:
-            timed_out = True
-            if cg:
-                cg.kill_all()
-            try:
-                os.killpg(p.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-            status = p.wait()
-        left = cg.kill_all() if cg else 0  # what it left running (a daemon, a `cmd &`): killed too
-        took = time.monotonic() - start
-    stderr = _tail(err_path)
+            os.killpg(p.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        status = p.wait()
+    left = cg.kill_all() if cg else 0  # what it left running (a daemon, a `cmd &`): killed too
+    took = time.monotonic() - start
+    (stdout, cut_out), (stderr, cut_err) = out.text(), err.text()
+    p.stdout.close(), p.stderr.close()
     return {"status": status, "timed_out": timed_out, "seconds": round(took, 3), "left_running": left,
-            "not_found": status == NOT_FOUND and "not found" in stderr, "stdout": _tail(out_path),
-            "stderr": stderr}
+            "not_found": status == NOT_FOUND and "not found" in stderr, "stdout": stdout, "stderr": stderr,
+            "cut": cut_out or cut_err}
 
 
 def main(spec_path: str) -> int:
+    # Ctrl-C is hookql's to handle (it ends the run, then this); a workload's `kill -INT $PPID` changes nothing
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
     with open(spec_path) as f:
         spec = json.load(f)
     cg = Cgroup(spec["cgroup"]) if spec.get("cgroup") else None
     results = []
-    scratch = tempfile.mkdtemp(prefix="hookql-wl-")
     try:
         for w in spec["workloads"]:
-            results.append(run_one(w, cg, scratch))
-    finally:
-        for n in ("stdout", "stderr"):
             try:
-                os.unlink(os.path.join(scratch, n))
-            except OSError:
-                pass
-        os.rmdir(scratch)
+                results.append(run_one(w, cg))
+            except Exception as exc:  # recorded as this workload's result: the case errs, it does not pass
+                results.append({"error": f"{type(exc).__name__}: {exc}"})
+    finally:
         with open(spec["out"], "w") as f:
             json.dump(results, f)
     return 0
