@@ -11,8 +11,8 @@ readable and unambiguous:
   \n \t \r -> \n \t \r
   every other C0 control (U+0000-U+001F), DEL (U+007F) and C1 control
   (U+0080-U+009F) -> \xHH, two lowercase hex digits of the code point
-  bidirectional overrides and isolates, U+2028/U+2029 -> \\uXXXX
-  a lone surrogate (a file name's undecodable byte, U+DC80-U+DCFF) -> \\xHH of that byte
+  bidirectional overrides and isolates, U+2028/U+2029 -> \uXXXX
+  a lone surrogate (a file name's undecodable byte is U+DC80-U+DCFF) -> \uXXXX
   everything else (printable ASCII, printable UTF-8: héllo, 日本) as is;
   bytes that are not UTF-8 were already U+FFFD (decode(errors="replace"))
 
@@ -35,8 +35,8 @@ def _table(backslash: bool) -> dict[int, str]:
     t = {cp: _SHORT.get(chr(cp), f"\\x{cp:02x}") for cp in [*range(0x20), *range(0x7F, 0xA0)]}
     t.update({cp: f"\\u{cp:04x}" for cp in _INVISIBLE})
     # lone surrogates: a file name's undecodable byte (os.fsdecode's surrogateescape: U+DC80-U+DCFF is the
-    # byte 0x80-0xFF, which printed could be an 8-bit C1 control such as CSI 0x9b) as that byte's \xHH
-    t.update({cp: f"\\x{cp - 0xDC00:02x}" if 0xDC80 <= cp <= 0xDCFF else f"\\u{cp:04x}" for cp in range(0xD800, 0xE000)})
+    # byte 0x80-0xFF, which written out raw could be an 8-bit C1 control such as CSI 0x9b)
+    t.update({cp: f"\\u{cp:04x}" for cp in range(0xD800, 0xE000)})
     if backslash:
         t[ord("\\")] = "\\\\"
     return t

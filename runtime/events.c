@@ -240,6 +240,12 @@ static void put_text_char(struct hq_out *o, uint32_t cp, const uint8_t *raw, siz
 	if (cp < 0x20 || (cp >= 0x7F && cp < 0xA0)) {
 		char b[4] = {'\\', 'x', digits[cp >> 4], digits[cp & 15]};
 		put(o, b, 4);
+	} else if (cp == 0x061C || cp == 0x200E || cp == 0x200F || (cp >= 0x202A && cp <= 0x202E) ||
+		   (cp >= 0x2066 && cp <= 0x2069) || cp == 0x2028 || cp == 0x2029) {
+		/* bidirectional controls and line separators, as runtime/escape.py: they change what the
+		 * text around them looks like */
+		char b[6] = {'\\', 'u', digits[cp >> 12], digits[(cp >> 8) & 15], digits[(cp >> 4) & 15], digits[cp & 15]};
+		put(o, b, 6);
 	} else if (cp == 0xFFFD) {
 		put_utf8(o, cp); /* an invalid sequence, replaced */
 	} else {

@@ -46,6 +46,9 @@ def unescape(text: str) -> str:
         elif text[i + 1] == "x":
             out.append(chr(int(text[i + 2: i + 4], 16)))
             i += 4
+        elif text[i + 1] == "u":  # bidi controls, line separators, lone surrogates
+            out.append(chr(int(text[i + 2: i + 6], 16)))
+            i += 6
         else:
             out.append({"n": "\n", "t": "\t", "r": "\r", "\\": "\\"}[text[i + 1]])
             i += 2
