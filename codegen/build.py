@@ -9,9 +9,7 @@ is rebuilt, and without a usable cache every build runs clang.
 """
 from __future__ import annotations
 
-import hashlib
 import os
-import platform
 import shutil
 import subprocess
 import tempfile
@@ -62,19 +60,20 @@ def clang() -> tuple[str, str]:
 
 
 def flags() -> list[str]:
-    arch = _ARCH.get(platform.machine(), "x86")
+    arch = _ARCH.get(os.uname().machine, "x86")  # platform.machine(), without importing platform
     return ["-target", "bpf", f"-D__TARGET_ARCH_{arch}", "-O2", "-g", "-Wall", "-Wno-unused-variable",
             "-Wno-unused-function", "-Werror=implicit-function-declaration"]
 
 
-def build(c_source: str, out: str | None = None) -> Built:
+def build(c_source: str, out: str | None = None, early: EarlyClang | None = None) -> Built:
+    """early: a clang started before the C existed (EarlyClang), used on a cache miss; the caller closes it."""
     exe, version = clang()
-    key = hashlib.sha256("\0".join([c_source, version, " ".join(flags()), __version__]).encode()).hexdigest()[:24]
+    key = blobs.sha256("\0".join([c_source, version, " ".join(flags()), __version__]).encode()).hexdigest()[:24]
     name = f"{key}.bpf.o"
     obj = blobs.get("obj", name)
     hit = obj is not None
     if not hit:
-        obj = _clang(exe, c_source)
+        obj = early.compile(c_source) if early is not None else _clang(exe, c_source)
     path = blobs.put("obj", name, obj) if not hit else None
     if out is not None:
         try:
@@ -90,6 +89,72 @@ def _clang(exe: str, c_source: str) -> bytes:
     if code != 0:
         raise BuildError(err.strip() or f"clang exited with {code}")
     return out
+
+
+class EarlyClang:
+    """The clang of one object, started before its C exists: a cold `hookql run` starts it first, so that
+    clang's own start (loading LLVM, ~25 ms before it reads a byte) runs on another core while the front
+    end imports, checks and renders.  compile() writes the C to its standard input, as run_clang does
+    (same flags, environment and private directory); clang reads all of its input before it compiles,
+    so the C goes in whole; meanwhile() runs while it compiles (the caller's work that needs no object).
+    close() stops a clang that was not used (the object was in the cache, the script has errors, a signal
+    came) and removes its directory; always call it (a `with` block)."""
+
+    def __init__(self, meanwhile=None):
+        from hookql.cache import dirs
+
+        self._meanwhile = meanwhile
+        exe, _ = clang()
+        self._dir = dirs.private_tmpdir()
+        try:
+            tmp = self._dir.__enter__()
+        except dirs.CacheError as exc:
+            raise BuildError(str(exc), bug=False) from None
+        self._target = os.path.join(tmp, "prog.bpf.o")
+        try:
+            self._proc = subprocess.Popen([exe, "-c", *flags(), "-x", "c", "-", "-o", self._target],
+                                          stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                          cwd="/", env=dict(_CLANG_ENV, TMPDIR=tmp, HOME=tmp))
+        except OSError as exc:
+            self._dir.__exit__(None, None, None)
+            raise BuildError(f"clang ({exe}) cannot be run: {exc.strerror}", bug=False) from None
+
+    def compile(self, c_source: str) -> bytes:
+        """The object clang makes of c_source (once)."""
+        from hookql.cache import dirs
+
+        try:
+            self._proc.stdin.write(c_source.encode())  # read at once: clang is waiting for it
+            self._proc.stdin.close()
+        except BrokenPipeError:  # clang is gone (a signal): what it said, and its exit status, below
+            pass
+        if self._meanwhile is not None:
+            self._meanwhile()
+        err = self._proc.stderr.read()  # to its end: clang's exit
+        self._proc.wait()
+        if self._proc.returncode != 0:
+            raise BuildError(err.decode(errors="replace").strip() or f"clang exited with {self._proc.returncode}")
+        try:
+            return dirs.read_own(self._target)
+        except dirs.CacheError as exc:
+            raise BuildError(str(exc), bug=False) from None
+
+    def close(self) -> None:
+        if self._proc.poll() is None:  # not used: blocked reading its input
+            self._proc.kill()
+            self._proc.wait()
+        for f in (self._proc.stdin, self._proc.stderr):
+            try:
+                f.close()
+            except BrokenPipeError:  # what was left unwritten to a clang that is gone
+                pass
+        self._dir.__exit__(None, None, None)
+
+    def __enter__(self) -> "EarlyClang":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 # clang reads its options, include paths and helper programs from the environment (CCC_OVERRIDE_OPTIONS,

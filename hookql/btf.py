@@ -7,7 +7,6 @@ back, lazily, so checking a script touches a handful of the ~120k types.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 from dataclasses import dataclass
@@ -309,7 +308,7 @@ class Btf:
 
     @cached_property
     def digest(self) -> str:
-        return hashlib.sha256(self.raw_data()).hexdigest()[:16]
+        return blobs.sha256(self.raw_data()).hexdigest()[:16]  # hashlib's, without its OpenSSL import
 
     def type_count(self) -> int:
         return self._lib.btf__type_cnt(self.handle)

@@ -10,7 +10,6 @@ import json
 import re
 from dataclasses import dataclass, field, replace
 from functools import cache
-from importlib import resources
 
 from hookql import fields as F
 from hookql import types as T
@@ -104,7 +103,7 @@ class Catalog:
     @classmethod
     @cache
     def load(cls) -> "Catalog":
-        data = json.loads((resources.files("hookql") / "data" / "catalog.json").read_text(encoding="utf-8"))
+        data = json.loads(_data_text("catalog.json"))
         entries = []
         for e in data["entries"]:
             entries.append(SeedEntry(
@@ -395,12 +394,20 @@ def _syscall_format(kernel: Kernel, way: str, sysname: str, func: str) -> str:
     return "".join(out)
 
 
+def _data_text(name: str) -> str:
+    """hookql/data/NAME, a file of the package (read as a file: importlib.resources costs a cold run ~5 ms)."""
+    import os
+
+    with open(os.path.join(os.path.dirname(__file__), "data", name), encoding="utf-8") as f:
+        return f.read()
+
+
 @cache
 def shipped_syscalls() -> dict[str, list[list[str]]]:
     """Syscall arguments as tracefs names them (hookql/data/syscalls.json, tools/gen_syscalls.py):
     syscall ABI, the same on every kernel that has the syscall.  Used where BTF has no
     __do_sys_X/__se_sys_X prototype, which is most syscalls (those functions are inlined)."""
-    data = json.loads((resources.files("hookql") / "data" / "syscalls.json").read_text(encoding="utf-8"))
+    data = json.loads(_data_text("syscalls.json"))
     return data["syscalls"]
 
 

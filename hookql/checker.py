@@ -192,14 +192,29 @@ class CheckedScript:
         return [c for c in self.script.clauses if c.hook is not None]
 
 
+class _Libraries:
+    """The default resolver, hookql.libs.modules.ManifestResolver, made at the first `use`: the
+    libraries' code (tomllib, git, locks) costs a cold `hookql run` ~15 ms, and most scripts use nothing."""
+
+    def __init__(self):
+        self.kernel = None
+        self._resolver = None
+
+    def resolve(self, use: n.Use, diags: Diagnostics):
+        if self._resolver is None:
+            from hookql.libs.modules import ManifestResolver  # libraries build on the checker
+
+            self._resolver = ManifestResolver()
+            self._resolver.kernel = self.kernel
+        return self._resolver.resolve(use, diags)
+
+
 class Checker:
     def __init__(self, kernel: Kernel, catalog: Catalog | None = None, resolver: Resolver | None = None):
         self.kernel = kernel
         self.catalog = catalog or Catalog.load()
         if resolver is None:
-            from hookql.libs.modules import ManifestResolver  # libraries build on the checker
-
-            resolver = ManifestResolver()
+            resolver = _Libraries()
         if hasattr(resolver, "kernel"):
             resolver.kernel = kernel
         self.resolver = resolver

@@ -250,7 +250,56 @@ def _single_script(args, cmd: str) -> tuple[str, str] | int:
     return 1 if got is None else got
 
 
-def _build(checked, mode: str, out=None):
+def _early_clang():
+    """A clang started now, for the object the front end is about to make (codegen/build.py EarlyClang);
+    None where it cannot start (the build says why, in its turn)."""
+    from hookql.codegen.build import BuildError, EarlyClang
+
+    try:
+        return EarlyClang(meanwhile=_printing_imports)
+    except BuildError:
+        return None
+
+
+def _printing_imports() -> None:
+    """While clang compiles (on the other core), import what `run` prints with once attached: a warm run
+    imports it after attaching, this one has the time now."""
+    import shlex  # noqa: F401 - runtime/session.py: -c COMMAND
+
+    import hookql.runtime.decode  # noqa: F401
+    import hookql.runtime.output  # noqa: F401
+
+
+def _in_background(fn):
+    """Call fn() on a thread of its own; what is returned waits for it and gives fn's result (or raises what
+    it raised).  For work that spends its time outside the GIL (libbpf parsing BTF)."""
+    import _thread  # not threading: its import costs more than the work it would overlap
+
+    done = _thread.allocate_lock()
+    done.acquire()
+    out: list = []
+
+    def work():
+        try:
+            out.append((True, fn()))
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller as it is
+            out.append((False, exc))
+        finally:
+            done.release()
+
+    _thread.start_new_thread(work, ())
+
+    def result():
+        with done:
+            ok, value = out[0]
+        if not ok:
+            raise value
+        return value
+
+    return result
+
+
+def _build(checked, mode: str, out=None, early=None):
     """Compile to an object; or the exit code after reporting a lowering or clang failure."""
     from hookql.codegen.build import BuildError
     from hookql.codegen.escape import UnsafeCText
@@ -258,11 +307,13 @@ def _build(checked, mode: str, out=None):
     from hookql.pipeline import compile_checked
 
     try:
-        return compile_checked(checked, mode, out)
+        return compile_checked(checked, mode, out, early=early)
     except LoweringError as exc:
         print(_diagnostic("error", exc.span, str(exc)).render(sys.stderr.isatty()), file=sys.stderr)
     except BuildError as exc:
-        if not exc.bug:
+        if _PENDING:  # clang stopped by the Ctrl-C (SIGINT goes to the whole group) that stops this run: quiet
+            pass
+        elif not exc.bug:
             print(f"hookql: error: {_shown(exc)}", file=sys.stderr)
         else:
             print(f"hookql: error: clang could not build the generated program:\n{_shown(exc)}\n"
@@ -347,17 +398,25 @@ def cmd_run(args) -> int:
             print(d, file=sys.stderr)
         obj, name, layout, how = hit["object"], hit["object_name"], hit["layout"], "cached run"
     else:
-        from hookql import kernel as K
+        early = _early_clang()  # clang loads on another core while the front end runs
+        try:
+            from hookql import kernel as K
 
-        src = _source(*script)
-        checked, diagnostics = _checked_or_report(src, K.running())
-        if checked is None:
-            return 1
-        if not checked.clauses:
-            return _no_clauses(src, "run")
-        if _PENDING:
-            return 128 + _PENDING[0]
-        compiled = _build(checked, mode)
+            kernel = _in_background(K.running)  # libbpf parses the kernel's BTF (no GIL) while the front end
+            import hookql.pipeline  # noqa: F401 - is imported here
+
+            src = _source(*script)
+            checked, diagnostics = _checked_or_report(src, kernel())
+            if checked is None:
+                return 1
+            if not checked.clauses:
+                return _no_clauses(src, "run")
+            if _PENDING:
+                return 128 + _PENDING[0]
+            compiled = _build(checked, mode, early=early)
+        finally:
+            if early is not None:
+                early.close()
         if _PENDING:  # clang may have been interrupted too: not an error of the script's
             return 128 + _PENDING[0]
         if isinstance(compiled, int):

@@ -7,7 +7,6 @@ import lzma
 import os
 from dataclasses import dataclass, field
 from functools import cache
-from importlib import resources
 from pathlib import Path
 
 from hookql.btf import Btf
@@ -54,6 +53,8 @@ class Kernel:
 
 
 def reference_versions() -> list[str]:
+    from importlib import resources  # only for reference kernels: its import is ~5 ms of a cold run
+
     d = resources.files("hookql") / "data" / "btf"
     return sorted((p.name.removesuffix(".btf.xz") for p in d.iterdir() if p.name.endswith(".btf.xz")),
                   key=lambda v: tuple(int(x) for x in v.split(".")))
@@ -67,6 +68,8 @@ def reference(version: str) -> Kernel:
     if short not in known:
         raise KernelError(f"no reference BTF for kernel {version}; shipped: {', '.join(known)} "
                           "(or pass --btf PATH to a vmlinux or BTF file)")
+    from importlib import resources
+
     raw = lzma.decompress((resources.files("hookql") / "data" / "btf" / f"{short}.btf.xz").read_bytes())
     return Kernel(f"{short} (reference)", short, _load(lambda: Btf.from_bytes(raw, f"reference {short}")))
 

@@ -11,11 +11,8 @@ from __future__ import annotations
 
 from functools import cache
 
-from lark import Lark, Token
-from lark.exceptions import UnexpectedCharacters
-
 from hookql.diagnostics import Diagnostics
-from hookql.grammar import GRAMMAR_PATH
+from hookql.grammar.lalr import Lark, Token, UnexpectedCharacters
 from hookql.source import Source, Span
 
 AGGREGATIONS = ("count", "sum", "avg", "min", "max", "hist", "lhist")
@@ -31,43 +28,18 @@ _CONTINUES = {
 _SET_BEFORE = _CONTINUES - {"_NL", "SEMICOLON", "LBRACE", "LANGLE"} | {"DENY"}
 
 
-_LARK_OPTIONS = dict(parser="lalr", lexer="basic", start=["start", "item"], propagate_positions=True,
-                     maybe_placeholders=False)
-
-
 @cache
 def lark_parser() -> Lark:
     """The one Lark instance: its basic lexer tokenizes, its LALR tables parse.
 
-    Building the tables takes ~60 ms, so they are kept in the user's cache as
-    a verified entry of plain data (Lark's own serialization, marshalled:
-    lists, dicts, strings, numbers) that Lark rebuilds its objects from.
-    Never Lark's `cache=True`: that unpickles a file of a predictable name in
-    the shared temporary directory, which any local user can plant."""
-    import marshal
+    grammar/lalr.py is Lark's standalone parser for grammar/hookql.lark, its
+    tables built ahead of time (tools/gen_parser.py): nothing of Lark is
+    imported, no tables are built or read from any cache at run time (Lark's
+    `cache=True` would unpickle a file of a predictable name in the shared
+    temporary directory, which any local user can plant)."""
+    from hookql.grammar.lalr import Lark_StandAlone
 
-    import lark
-    from lark.grammar import Rule
-    from lark.lexer import TerminalDef
-
-    from hookql import __version__
-    from hookql.cache import blobs
-
-    with open(GRAMMAR_PATH, encoding="utf-8") as f:
-        grammar = f.read()
-    stamp = blobs.sha256(f"{grammar}\0{_LARK_OPTIONS}\0{lark.__version__}\0{__version__}".encode()).hexdigest()
-    name = f"lalr-{stamp[:24]}.marshal"
-    data = blobs.get("grammar", name)
-    if data is not None:
-        try:
-            tables = marshal.loads(data)
-            return Lark._load_from_dict(tables["data"], tables["memo"])
-        except (KeyError, TypeError, ValueError, AttributeError, AssertionError, EOFError):
-            pass  # another Lark's layout (the stamp names Lark's version): build the tables again, store them
-    parser = Lark(grammar, **_LARK_OPTIONS)
-    tables, memo = parser.memo_serialize([TerminalDef, Rule])
-    blobs.put("grammar", name, marshal.dumps({"data": tables, "memo": memo}))
-    return parser
+    return Lark_StandAlone()
 
 
 def tokenize(source: Source, diags: Diagnostics) -> list[Token]:

@@ -9,11 +9,9 @@ from __future__ import annotations
 import ipaddress
 import re
 
-from lark import Token, Transformer, Tree, v_args
-from lark.exceptions import UnexpectedInput, UnexpectedToken
-
 from hookql import nodes as n
 from hookql.diagnostics import Diagnostics
+from hookql.grammar.lalr import Token, Transformer, Tree, UnexpectedInput, UnexpectedToken, v_args
 from hookql.lexer import lark_parser, shape, split_items, tokenize
 from hookql.source import Source, Span
 

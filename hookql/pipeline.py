@@ -50,9 +50,11 @@ def generate_c(checked: CheckedScript, func_mode: str = "kprobe", serve: bool = 
     return c_source, prog.layout()
 
 
-def compile_checked(checked: CheckedScript, func_mode: str = "kprobe", out=None, serve: bool = False) -> Compiled:
+def compile_checked(checked: CheckedScript, func_mode: str = "kprobe", out=None, serve: bool = False,
+                    early=None) -> Compiled:
+    """early: a clang already started for this object (codegen/build.py EarlyClang)."""
     from hookql.codegen.build import build
 
     c_source, layout = generate_c(checked, func_mode, serve)
-    built = build(c_source, out)
+    built = build(c_source, out, early)
     return Compiled(c_source, layout, built.object, built.name, built.path, built.cached)

@@ -155,3 +155,70 @@ def test_unterminated_string():
 ])
 def test_needs_more_for_the_repl(text, more):
     assert needs_more(text) is more
+
+
+# -- the parser module is generated ahead of time (tools/gen_parser.py) -------------------------------
+def test_generated_parser_is_made_from_the_grammar_as_it_is():
+    """grammar/lalr.py holds the LALR tables of grammar/hookql.lark: regenerate it after a grammar change."""
+    import subprocess
+    import sys
+
+    from conftest import REPO
+
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import gen_parser
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    from hookql.grammar import lalr
+
+    assert lalr.GRAMMAR_SHA256 == gen_parser.grammar_sha256(), "grammar changed: run python3 tools/gen_parser.py"
+    lark = pytest.importorskip("lark")
+    if lark.__version__ != lalr.LARK_VERSION:
+        pytest.skip(f"made with Lark {lalr.LARK_VERSION}, Lark {lark.__version__} is installed")
+    r = subprocess.run([sys.executable, str(REPO / "tools" / "gen_parser.py"), "--check"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_generated_parser_parses_as_lark_does():
+    """The same trees (and the same errors, with what was expected) as Lark building the tables itself."""
+    import sys
+
+    from conftest import REPO
+    from hookql.lexer import lark_parser, shape, split_items, tokenize
+
+    lark = pytest.importorskip("lark")
+    sys.path.insert(0, str(REPO / "tools"))
+    try:
+        import gen_parser
+    finally:
+        sys.path.remove(str(REPO / "tools"))
+    ref = lark.Lark(gen_parser.GRAMMAR.read_text(encoding="utf-8"), **gen_parser.OPTIONS)
+
+    def shown(t):
+        if hasattr(t, "children"):
+            return str(t.data), [shown(c) for c in t.children], (t.meta.line, t.meta.column, t.meta.end_line,
+                                                                 t.meta.end_column)
+        return t.type, str(t), t.line, t.column, t.end_line, t.end_column
+
+    def run(parser, toks):
+        ip = parser.parse_interactive(start="item")
+        try:
+            for tok in toks:
+                ip.feed_token(tok)
+            return shown(ip.feed_eof(toks[-1] if toks else None))
+        except Exception as exc:  # noqa: BLE001 - the two must fail alike
+            ip = getattr(exc, "interactive_parser", None)
+            return type(exc).__name__, sorted(ip.accepts() if ip else exc.expected)
+
+    items = 0
+    for path in EXAMPLES:
+        for toks in split_items(tokenize(Source(path.name, path.read_text()), Diagnostics())):
+            toks = shape(toks)
+            for variant in (toks, toks[:len(toks) // 2], toks[:2] + toks[3:]):  # whole, cut, one token missing
+                ref_toks = [lark.Token(t.type, t.value, t.start_pos, t.line, t.column, t.end_line, t.end_column,
+                                       t.end_pos) for t in variant]
+                assert run(lark_parser(), variant) == run(ref, ref_toks), (path.name, variant)
+                items += 1
+    assert items > 50
