@@ -113,3 +113,51 @@ def attached(pid: int, before: set[int]) -> set[int]:
     probes that fire, however it attached them."""
     new = set(progs()) - before
     return new & (held_links(pid) | perf_programs(pid))
+
+
+# -- the processes HookQL leaves behind: a run hands its tracepoints' perf events (no program on them any more)
+# to a process of its own that closes them as it exits (runtime/loader.py BpfObject.detach), the kernel's slow
+# part.  A measurement that starts meanwhile would queue behind that work in the kernel (event_mutex), so the
+# benchmarks adopt such processes and wait for them between measurements.
+PR_SET_CHILD_SUBREAPER = 36
+
+
+_lib_c = ctypes.CDLL(None, use_errno=True)
+
+
+def subreaper() -> None:
+    """Adopt orphaned descendants (HookQL's holder of perf events): they can be waited for, and timed."""
+    if _lib_c.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_CHILD_SUBREAPER)")
+
+
+def _children() -> set[int]:
+    me = os.getpid()
+    try:
+        out = set()
+        for t in os.listdir(f"/proc/{me}/task"):
+            with open(f"/proc/{me}/task/{t}/children") as f:
+                out |= {int(p) for p in f.read().split()}
+        return out
+    except OSError:  # no CONFIG_PROC_CHILDREN: every process's parent
+        out = set()
+        for p in filter(str.isdigit, os.listdir("/proc")):
+            try:
+                with open(f"/proc/{p}/stat") as f:
+                    stat = f.read()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == me:
+                out.add(int(p))
+        return out
+
+
+def reap() -> None:
+    """Wait for every child left: call it once the tool a measurement started has been waited for, so the
+    children left are adopted ones."""
+    while kids := _children():
+        for pid in kids:
+            try:
+                os.waitpid(pid, 0)
+            except ChildProcessError:
+                pass

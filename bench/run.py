@@ -36,7 +36,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from progs import attached, enable_stats, progs
+from progs import attached, enable_stats, progs, reap, subreaper
 
 HERE = Path(__file__).resolve().parent
 BUILD = HERE / "build"
@@ -173,6 +173,7 @@ class Tool:
         except subprocess.TimeoutExpired:
             self.proc.kill()
             out, err = self.proc.communicate()
+        reap()  # what HookQL left closing its perf events: the next measurement starts with the kernel idle
         return out or "", err or ""
 
 
@@ -312,6 +313,7 @@ def main() -> int:
         sys.exit("bench/run.py loads BPF programs: run it as root")
     if not shutil.which("bpftrace"):
         sys.exit("bpftrace is not installed (apt-get install bpftrace)")
+    subreaper()  # Tool.stop() waits for the processes HookQL leaves behind (bench/progs.py)
     stats_fd = enable_stats()  # run_time_ns and run_cnt are counted while this fd is open
     build()
     res: dict = {"machine": {"kernel": os.uname().release, "cpu": _cpu(), "cores": os.cpu_count(),

@@ -10,12 +10,11 @@ import ctypes
 import errno as _errno
 import ipaddress
 import itertools
-from dataclasses import dataclass
 
-from hookql.constants import ADDRESS_FAMILIES
 from hookql.runtime import libbpf
 
-_AF = {v: k for k, v in reversed(list(ADDRESS_FAMILIES.items()))}
+# Neither dataclasses nor hookql.constants (the type system) here: this module is imported as a run's tables
+# print, and those imports were a fifth of a whole `hookql run -c /bin/true`.
 _PROTO = {0: "IPPROTO_IP", 1: "IPPROTO_ICMP", 2: "IPPROTO_IGMP", 4: "IPPROTO_IPIP", 6: "IPPROTO_TCP",
           17: "IPPROTO_UDP", 41: "IPPROTO_IPV6", 47: "IPPROTO_GRE", 50: "IPPROTO_ESP", 51: "IPPROTO_AH",
           58: "IPPROTO_ICMPV6", 132: "IPPROTO_SCTP", 136: "IPPROTO_UDPLITE", 255: "IPPROTO_RAW",
@@ -25,7 +24,49 @@ _TCP_STATE = {1: "TCP_ESTABLISHED", 2: "TCP_SYN_SENT", 3: "TCP_SYN_RECV", 4: "TC
               11: "TCP_CLOSING", 12: "TCP_NEW_SYN_RECV"}
 _SOCK_TYPE = {1: "SOCK_STREAM", 2: "SOCK_DGRAM", 3: "SOCK_RAW", 4: "SOCK_RDM", 5: "SOCK_SEQPACKET",
               6: "SOCK_DCCP", 10: "SOCK_PACKET"}
-NAMES = {"af": _AF, "proto": _PROTO, "tcp_state": _TCP_STATE, "sock_type": _SOCK_TYPE}
+
+
+class _Families(dict):
+    """AF_* by value, read from hookql.constants the first time it is looked at."""
+
+    def _load(self) -> "_Families":
+        if not dict.__len__(self):
+            from hookql.constants import ADDRESS_FAMILIES
+
+            self.update({v: k for k, v in reversed(list(ADDRESS_FAMILIES.items()))})
+        return self
+
+    def get(self, key, default=None):
+        return dict.get(self._load(), key, default)
+
+    def __getitem__(self, key):
+        return dict.__getitem__(self._load(), key)
+
+    def __contains__(self, key) -> bool:
+        return dict.__contains__(self._load(), key)
+
+    def __iter__(self):
+        return dict.__iter__(self._load())
+
+    def __len__(self) -> int:
+        return dict.__len__(self._load())
+
+    def items(self):
+        return dict.items(self._load())
+
+    def keys(self):
+        return dict.keys(self._load())
+
+    def values(self):
+        return dict.values(self._load())
+
+
+NAMES = {"af": _Families(), "proto": _PROTO, "tcp_state": _TCP_STATE, "sock_type": _SOCK_TYPE}
+
+
+def _families() -> dict:
+    """AF_* by value."""
+    return NAMES["af"]._load()
 
 
 def field_value(buf: bytes, f: dict):
@@ -84,10 +125,18 @@ def _addr(b: bytes):
     return a.ipv4_mapped or a
 
 
-@dataclass
 class Row:
-    key: dict
-    value: object  # int, float (avg), None (min/max never set), or list of bucket counts
+    __slots__ = ("key", "value")  # not a dataclass: see the imports
+
+    def __init__(self, key: dict, value: object):
+        self.key = key
+        self.value = value  # int, float (avg), None (min/max never set), or list of bucket counts
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, Row) and (self.key, self.value) == (other.key, other.value)
+
+    def __repr__(self) -> str:
+        return f"Row(key={self.key!r}, value={self.value!r})"
 
 
 def combine(func: str, per_cpu: list[bytes], signed: bool):

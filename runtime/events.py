@@ -19,7 +19,7 @@ from pathlib import Path
 
 from hookql import __version__
 from hookql.cache import blobs
-from hookql.runtime.decode import NAMES
+from hookql.runtime.decode import NAMES, _families
 from hookql.runtime.escape import escape_text
 
 _SOURCE = Path(__file__).with_name("events.c")
@@ -152,7 +152,7 @@ def _names(display: str | None, as_json: bool) -> list[tuple[int, str]]:
     if display == "errno":
         pairs = [(-code, f"-{name}") for code, name in _errno.errorcode.items()]
     else:
-        pairs = list(NAMES.get(display, {}).items())
+        pairs = list((_families() if display == "af" else NAMES.get(display) or {}).items())
     return [(v, json.dumps(t) if as_json else t) for v, t in pairs]
 
 

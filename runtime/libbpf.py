@@ -54,6 +54,8 @@ _SIGNATURES: dict[str, tuple[object, list[object]]] = {
     "bpf_program__set_autoload": (ctypes.c_int, [c_void_p, ctypes.c_bool]),
     "bpf_program__fd": (ctypes.c_int, [c_void_p]),
     "bpf_program__attach": (c_void_p, [c_void_p]),
+    "bpf_program__attach_perf_event": (c_void_p, [c_void_p, ctypes.c_int]),
+    "bpf_link__fd": (ctypes.c_int, [c_void_p]),
     "bpf_link__destroy": (ctypes.c_int, [c_void_p]),
     "bpf_obj_get_info_by_fd": (ctypes.c_int, [ctypes.c_int, c_void_p, ctypes.POINTER(c_u32)]),
     # maps

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import os
 
 from hookql.runtime import features, libbpf
 from hookql.runtime.libbpf import LibbpfError
@@ -24,10 +25,12 @@ class LoadError(Exception):
 
 
 class Attached:
-    __slots__ = ("probe", "attach", "link", "prog_fd", "func")  # not a dataclass: its import is a tenth of a warm start
+    # not a dataclass: its import is a tenth of a warm start
+    __slots__ = ("probe", "attach", "link", "prog_fd", "func", "event")
 
-    def __init__(self, probe: str, attach: str, link: int, prog_fd: int = -1, func: str = ""):
+    def __init__(self, probe: str, attach: str, link: int, prog_fd: int = -1, func: str = "", event: int = -1):
         self.probe, self.attach, self.link, self.prog_fd, self.func = probe, attach, link, prog_fd, func
+        self.event = event  # a tracepoint's perf event: our own descriptor of it (-1: none), see BpfObject.detach
 
     @property
     def prog_id(self) -> int | None:
@@ -82,10 +85,24 @@ class BpfObject:
     def __exit__(self, *exc) -> None:
         self.close()
 
-    def detach(self) -> None:
-        """Destroy every link; the maps stay readable until close()."""
-        while self.links:
-            self.l.bpf_link__destroy(self.links.pop().link)
+    def detach(self, wait: bool = True) -> None:
+        """Destroy every link: once this returns, no program of ours runs.  The maps stay readable until close().
+
+        A tracepoint's program sits on a perf event, and the kernel waits for RCU grace periods twice to take
+        it off: once for the program (perf_event_detach_bpf_prog), which links closed from many threads at
+        once share, and once for the event itself (perf_trace_event_unreg, under the kernel's event_mutex:
+        one event after another, ~35 ms each here).  So each tracepoint's perf event has a descriptor of our
+        own (Attached.event): destroying the links concurrently takes every program off in about one grace
+        period, and only then do the events, inert by now (no program, disabled), close.  wait=False: they
+        close in a process of their own, which outlives this one (a run about to exit: nobody waits for
+        the kernel's teardown; it holds nothing else)."""
+        links, self.links = self.links, []
+        events = [a.event for a in links if a.event >= 0]
+        _each(self.l.bpf_link__destroy, [a.link for a in links])
+        if not events:
+            return
+        if wait or not _hand_over(events):
+            _each(_close, events)
 
     def close(self) -> None:
         self.detach()
@@ -152,11 +169,33 @@ class BpfObject:
             if fd < 0:
                 continue
             libbpf.messages.clear()
-            link = self.l.bpf_program__attach(prog)
+            link, event = self._attach_tracepoint(prog, p["section"]) if p["attach"] == "tp" else (None, -1)
+            if not link:  # anything else, or anything the way above did not take: libbpf's own way and errors
+                link = self.l.bpf_program__attach(prog)
             if not link:
                 raise _attach_error(ctypes.get_errno(), p)
-            self.links.append(Attached(p["text"], p["attach"], link, fd, p["func"]))
+            self.links.append(Attached(p["text"], p["attach"], link, fd, p["func"], event))
         return self.links
+
+    def _attach_tracepoint(self, prog, section: str) -> tuple[int | None, int]:
+        """A tracepoint's program attached as libbpf would (a perf event on CPU 0, the program on it by a BPF
+        link), on a perf event this process opened: (the link, our own descriptor of the event).  (None, -1):
+        not done, let libbpf try."""
+        pfd = _open_tracepoint(section)
+        if pfd < 0:
+            return None, -1
+        link = self.l.bpf_program__attach_perf_event(prog, pfd)  # libbpf owns pfd from here on, if it attached
+        if not link:
+            _close(pfd)
+            return None, -1
+        if self.l.bpf_link__fd(link) == pfd:
+            # no BPF perf link (before 5.15): the program is set on the event itself and goes only with its
+            # last descriptor, so none is kept
+            return link, -1
+        try:
+            return link, os.dup(pfd)
+        except OSError:
+            return link, -1
 
     def map_fd(self, name: str) -> int:
         m = libbpf.check_ptr(self.l.bpf_object__find_map_by_name(self.obj, name.encode()),
@@ -240,13 +279,13 @@ def _load_error(err: int, layout: dict) -> LoadError:
 
 
 def _enough_files(probes: int) -> None:
-    """Each probe holds up to three descriptors (its program, its link and, for a tracepoint, a perf event): a
-    probe list of a few hundred passes the usual soft limit of 1024 open files.  Raise the soft limit as far as
-    needed, within the hard limit."""
+    """Each probe holds up to four descriptors (its program, its link and, for a tracepoint, its perf event,
+    libbpf's and ours): a probe list of a few hundred passes the usual soft limit of 1024 open files.  Raise the
+    soft limit as far as needed, within the hard limit."""
     import resource
 
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    want = 3 * probes + 256  # and the maps, the ring buffer, libbpf's own
+    want = 4 * probes + 256  # and the maps, the ring buffer, libbpf's own
     if soft == resource.RLIM_INFINITY or soft >= want:
         return
     new = want if hard == resource.RLIM_INFINITY else min(want, hard)
@@ -261,8 +300,8 @@ def _attach_error(err: int, p: dict) -> LoadError:
     name = errno.errorcode.get(err, str(err))
     if err == errno.EMFILE:
         return LoadError(f"cannot attach {p['text']}: {libbpf.strerror(err)}",
-                         "each probe holds up to three open files (its program, link, perf event): raise the limit "
-                         "(`ulimit -n`), or attach fewer probes", _log())
+                         "each probe holds up to four open files (its program, link, perf event twice): raise the "
+                         "limit (`ulimit -n`), or attach fewer probes", _log())
     if p["attach"] in ("kprobe", "kretprobe") and not features.has_kprobes():
         return LoadError(f"cannot attach {p['text']}: this kernel has no kprobes (CONFIG_KPROBES)",
                          "run it on a kernel with kprobes, or where BPF trampolines work (fentry)", _log())
@@ -273,3 +312,162 @@ def _attach_error(err: int, p: dict) -> LoadError:
     if p["attach"] == "tp" and err == errno.ENOENT:
         return LoadError(f"cannot attach {p['text']}: no such tracepoint on this kernel", None, _log())
     return LoadError(f"cannot attach {p['text']}: {libbpf.strerror(err)}", None, _log())
+
+
+# -- tracepoints' perf events, and taking many probes off at once --
+# perf_event_open(2)'s number, where HookQL opens a tracepoint's event itself (elsewhere libbpf does)
+_PERF_EVENT_OPEN = {"x86_64": 298, "aarch64": 241, "riscv64": 241, "loongarch64": 241, "ppc64le": 319,
+                    "ppc64": 319, "s390x": 331}.get(os.uname().machine)
+_PERF_TYPE_TRACEPOINT = 2
+_PERF_FLAG_FD_CLOEXEC = 8
+
+
+class _PerfEventAttr(ctypes.Structure):
+    """struct perf_event_attr as of its first version (PERF_ATTR_SIZE_VER0, 64 bytes): what a tracepoint needs."""
+    _fields_ = [("type", ctypes.c_uint32), ("size", ctypes.c_uint32), ("config", ctypes.c_uint64),
+                ("sample_period", ctypes.c_uint64), ("sample_type", ctypes.c_uint64),
+                ("read_format", ctypes.c_uint64), ("flags", ctypes.c_uint64), ("wakeup_events", ctypes.c_uint32),
+                ("bp_type", ctypes.c_uint32), ("config1", ctypes.c_uint64)]
+
+
+_libc = None
+
+
+def _open_tracepoint(section: str) -> int:
+    """A perf event on tracepoint `tp/CATEGORY/NAME` as libbpf opens one (CPU 0, any process); -1 when this
+    machine is not one HookQL knows the system call of, or anything fails (libbpf then tries, and says why)."""
+    global _libc
+    parts = section.split("/")
+    if _PERF_EVENT_OPEN is None or len(parts) != 3 or parts[0] not in ("tp", "tracepoint"):
+        return -1
+    try:
+        with open(f"{features.TRACEFS}/events/{parts[1]}/{parts[2]}/id", "rb") as f:
+            tp_id = int(f.read())
+    except (OSError, ValueError):
+        return -1
+    if _libc is None:
+        _libc = ctypes.CDLL(None, use_errno=True)
+    attr = _PerfEventAttr(type=_PERF_TYPE_TRACEPOINT, size=ctypes.sizeof(_PerfEventAttr), config=tp_id)
+    c_long = ctypes.c_long
+    fd = _libc.syscall(c_long(_PERF_EVENT_OPEN), ctypes.byref(attr), c_long(-1), c_long(0), c_long(-1),
+                       c_long(_PERF_FLAG_FD_CLOEXEC))
+    return fd if fd >= 0 else -1
+
+
+def _close(fd: int) -> None:
+    try:
+        os.close(fd)
+    except OSError:
+        pass
+
+
+def _each(fn, items: list, most: int = 128) -> None:
+    """fn(x) for every x, from up to `most` threads at once: what each call waits for in the kernel (an RCU
+    grace period) is shared by all the calls waiting at the same time, and ctypes calls and os.close let go
+    of the GIL meanwhile.  Every item is done before this returns, a KeyboardInterrupt or not."""
+    todo = list(items)
+    if len(todo) < 2:
+        for x in todo:
+            fn(x)
+        return
+    import _thread  # not threading: its import shows in a run's exit
+
+    finished: list[int] = []
+    wake = _thread.allocate_lock()
+    wake.acquire()
+
+    def drain() -> None:
+        while True:
+            try:
+                x = todo.pop()
+            except IndexError:
+                return
+            fn(x)
+
+    def work() -> None:
+        try:
+            drain()
+        finally:
+            finished.append(1)
+            try:
+                wake.release()
+            except RuntimeError:  # released already: the waiter has not looked yet
+                pass
+
+    started = 0
+    size = _thread.stack_size()
+    try:
+        _thread.stack_size(256 * 1024)  # they only call into C: not 8 MiB of address space each
+    except (ValueError, RuntimeError):
+        pass
+    try:
+        for _ in range(min(most, len(todo)) - 1):
+            try:
+                _thread.start_new_thread(work, ())
+            except RuntimeError:  # no more threads: those started and this one do the rest
+                break
+            started += 1
+    finally:
+        _thread.stack_size(size)
+    interrupted = None
+    while True:
+        try:
+            drain()
+            while len(finished) < started:
+                wake.acquire(timeout=1)
+            break
+        except KeyboardInterrupt as exc:
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
+def _hand_over(fds: list[int]) -> bool:
+    """Leave these descriptors to a process of their own, which closes them as it exits, and close ours: the
+    kernel's teardown of what they hold then keeps nobody waiting.  Nothing else goes with them, and the
+    holder drops them only after this process has (its drop is the last, the one the kernel works on).
+    False: nothing was handed over; the caller closes them itself."""
+    try:
+        r, w = os.pipe()
+    except OSError:
+        return False
+    try:
+        pid = os.fork()
+    except OSError:
+        os.close(r)
+        os.close(w)
+        return False
+    if pid == 0:  # the go-between: keeps only these, leaves a process holding them, and is gone at once
+        code = 1
+        try:
+            low = 0
+            for fd in sorted(set(fds) | {r, w}):
+                os.closerange(low, fd)
+                low = fd + 1
+            try:  # the highest open: without close_range(2) (before 5.9) closerange tries every number
+                high = max(map(int, os.listdir("/proc/self/fd"))) + 1
+            except (OSError, ValueError):
+                high = os.sysconf("SC_OPEN_MAX")
+            os.closerange(low, max(high, low))
+            os.setsid()  # out of the terminal's process group: a Ctrl-C there is not for it
+            if os.fork() == 0:  # the holder
+                try:
+                    os.close(w)
+                    while os.read(r, 1):  # EOF: this process's copies and the go-between's are gone
+                        pass
+                finally:
+                    os._exit(0)  # its descriptors close as it exits: the last of each, the kernel's work
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(r)
+    handed = False
+    try:
+        _, status = os.waitpid(pid, 0)
+        handed = status == 0
+        if handed:
+            for fd in fds:
+                _close(fd)
+    finally:
+        os.close(w)
+    return handed

@@ -205,11 +205,14 @@ class Session:
         return stats
 
     def _final(self, obj: BpfObject) -> None:
-        if self.layout.get("states") or self.layout.get("entries"):
-            # detached first: a store or take between reading the counters and counting what is left would
-            # show as an eviction that never happened (the detach is paid at exit anyway)
-            obj.detach()
-        stats = self.print_all(obj)
+        from hookql.runtime.decode import MapReader
+
+        self.print_all(obj)  # the tables print while the probes are attached: nobody waits for the detach first
+        # Then what was lost, and the state report, from the counters once no program runs (a store or take
+        # between reading them and counting what is left would show as an eviction that never happened).  The
+        # tracepoints' perf events close in a process of their own, out of the user's way (BpfObject.detach).
+        obj.detach(wait=False)
+        stats = MapReader().stats(obj.map_fd("hq_stats"), self.layout["stats"])
         lost = []
         if stats.get("ringbuf_drops"):
             lost.append(f"{stats['ringbuf_drops']} emitted events lost: the ring buffer was full "

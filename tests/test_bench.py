@@ -68,3 +68,22 @@ def test_catalog_growth_scripts_check_on_6_1():
     result = check_source(Source("<-e>", s["hookql"]), K.reference("6.1"))
     assert result.ok, [d.render() for d in result.diagnostics]
     assert s["bpftrace"].count("{") == len(hooks) and "kfunc:bpf_lsm_socket_getsockopt" in s["bpftrace"]
+
+
+@pytest.mark.skipif(not shutil.which("bpftrace"), reason="bpftrace is not installed (bin/setup installs it)")
+def test_startup_bench_runs_end_to_end(tmp_path):
+    # bench/startup.py (issue 16): whole -c runs, time to attached, stop to exit, HookQL and bpftrace in one run
+    r = subprocess.run([sys.executable, str(REPO / "bench" / "startup.py"), "--rounds", "1", "--all-rounds", "0",
+                        "--out", str(tmp_path)], capture_output=True, text=True, timeout=900)
+    assert r.returncode == 0, r.stderr[-3000:]
+    res = json.loads((tmp_path / "startup.json").read_text())
+    for probes in ("1", "20"):
+        assert set(res["whole"][probes]) == {"hookql_cold", "hookql_warm", "bpftrace"}
+        assert set(res["attached"][probes]) == {"hookql_cold", "hookql_warm", "bpftrace", "python"}
+        assert all(v > 0 for k in ("whole", "attached") for v in res[k][probes].values())
+        for tool in ("hookql", "bpftrace"):
+            d = res["detach"][probes][tool]
+            assert d["probes"] == int(probes) and 0 < d["exit"] <= d["kernel_done"]
+    assert "all" not in res["detach"]
+    assert "| whole `-c /bin/true` run (ms) |" in r.stdout and "| 20 probes |" in r.stdout
+    assert (tmp_path / "startup.md").read_text().strip() == r.stdout.strip()

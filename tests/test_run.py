@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import EXAMPLES, hookql_cmd
+from conftest import EXAMPLES, held_programs, hookql_cmd
 
 pytestmark = pytest.mark.skipif(os.geteuid() != 0, reason="loading BPF programs needs root")
 
@@ -163,6 +163,74 @@ def test_sigkill_leaves_nothing_attached():
     assert still_loaded(ids) == []  # the kernel frees the programs when the last fd closes
 
 
+def test_many_probes_detach_leaves_nothing_of_ours_attached(tracefs):
+    # issue 16: the links go from many threads at once and the tracepoints' perf events are left to a process
+    # of their own that closes them as it exits (the kernel's slow part); no program of the run may outlive it
+    import resource
+
+    n = len(list((tracefs / "events/syscalls").glob("sys_enter_*")))
+    if not 20 <= n <= 512 or resource.getrlimit(resource.RLIMIT_NOFILE)[1] < 4 * n + 256:
+        pytest.skip(f"{n} sys_enter tracepoints; the hard limit of open files")
+    c = comm()
+    p, ids = start_attached("-e", f'on tracepoint:syscalls:sys_enter_* where comm == "{c}" {{ count by probe }}',
+                            stdout=subprocess.DEVNULL)
+    assert len(ids) == n and held_programs(p.pid) == set(ids)  # the run's own programs, by the ids it holds
+    p.send_signal(signal.SIGINT)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    links = json.loads(subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True,
+                                      check=True).stdout or "[]")
+    assert not [l for l in links if l.get("prog_id") in ids]  # none is on a link any more
+    assert still_loaded(ids) == []  # nor loaded: nobody holds them, not the process left with the events either
+    assert [pid for pid in os.listdir("/proc") if pid.isdigit() and _held(int(pid)) & set(ids)] == []
+
+
+def test_detach_takes_every_program_off_before_it_returns(running, tracefs, tmp_path, monkeypatch):
+    # BpfObject.detach(wait=False), as `run` ends: once it returns no program of ours is on a link, nor runs,
+    # though the object (programs, maps) is still open and the perf events close in a process of their own
+    from hookql.pipeline import check_source, compile_checked
+    from hookql.runtime import features
+    from hookql.runtime.decode import MapReader
+    from hookql.runtime.loader import BpfObject
+    from hookql.source import Source
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    text = f"on tracepoint:syscalls:sys_enter_* where current.pid == {os.getpid()} {{ count }}"
+    front = check_source(Source("t.hq", text), running)
+    assert front.ok, [d.render() for d in front.diagnostics.errors]
+    compiled = compile_checked(front.checked, features.func_mode())
+    (agg,) = compiled.layout["aggregations"]
+
+    def linked() -> set[int]:
+        links = json.loads(subprocess.run(["bpftool", "-j", "link", "show"], capture_output=True, text=True,
+                                          check=True).stdout or "[]")
+        return {l.get("prog_id") for l in links}
+
+    with BpfObject(compiled.object, compiled.layout) as obj:
+        obj.configure()
+        obj.load()
+        ids = {a.prog_id for a in obj.attach_all()}
+        assert len(ids) == len(compiled.layout["probes"]) >= 20 and ids <= linked()
+        count = lambda: MapReader().rows(obj.map_fd(agg["map"]), agg)[0].value  # noqa: E731
+        os.getppid()
+        assert count() >= 1
+        obj.detach(wait=False)
+        assert not ids & linked() and obj.links == []
+        before = count()
+        for _ in range(5):
+            os.getppid()
+        assert count() == before  # nothing of ours ran
+        assert held_programs(os.getpid()) >= ids  # the programs themselves are ours until close()
+    assert not held_programs(os.getpid()) & ids
+
+
+def _held(pid: int) -> set[int]:
+    try:
+        return held_programs(pid)
+    except OSError:  # gone meanwhile, or not ours to read
+        return set()
+
+
 def test_pid_filter():
     c = comm()
     other = subprocess.Popen(wl(c, 0, 3, 2.5).split())
@@ -253,3 +321,58 @@ def test_second_run_skips_the_front_end_and_replays_warnings(tmp_path):
     assert "(built)" in runs[0].stderr and "(cached run)" in runs[1].stderr
     for r in runs:
         assert "warning: comm holds at most 15 bytes" in r.stderr
+
+
+# -- the cold path: clang started before the front end (codegen/build.py EarlyClang) ------------------------
+def _fake_clang(tmp_path, body: str) -> Path:
+    """A clang of the test's own, in a directory of root's that only root writes (build.py's checks)."""
+    d = tmp_path / "bin"
+    d.mkdir(mode=0o755)
+    fake = d / "clang"
+    fake.write_text("#!/bin/sh\n" + body)
+    fake.chmod(0o755)
+    return fake
+
+
+def test_cold_run_with_errors_or_a_cached_object_leaves_no_clang_and_no_temporary_directory(tmp_path):
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"))
+    tmp = tmp_path / "cache" / "hookql" / "tmp"
+    bad = subprocess.run(hookql_cmd() + ["run", "-e", f"on {TP} {{ count by nope }}"], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert bad.returncode == 1 and "unknown field 'nope'" in bad.stderr
+    good = f"on {TP} {{ count }}"
+    first = subprocess.run(hookql_cmd() + ["run", "-v", "-d", "0", "-e", good], capture_output=True, text=True,
+                           env=env, timeout=120)
+    for p in (tmp_path / "cache" / "hookql" / "run").iterdir():
+        p.unlink()  # the run cache forgets it; the object stays: the clang started early is not used
+    again = subprocess.run(hookql_cmd() + ["run", "-v", "-d", "0", "-e", good], capture_output=True, text=True,
+                           env=env, timeout=120)
+    assert first.returncode == again.returncode == 0
+    assert "(built)" in first.stderr and "(cached)" in again.stderr
+    assert list(tmp.iterdir()) == []  # every clang's private directory removed, used or not
+
+
+@pytest.mark.parametrize("when", ["at_start", "after_reading_the_c"])
+def test_clang_stopped_by_the_ctrl_c_that_stops_a_cold_run_is_not_reported(tmp_path, when):
+    """Ctrl-C goes to the whole process group: the clang a cold run started early dies of it (while the front
+    end runs, or while it compiles); the run then ends with 130 and says nothing of clang (this clang sends
+    the Ctrl-C itself)."""
+    fake = _fake_clang(tmp_path, ("cat >/dev/null\n" if when == "after_reading_the_c" else "") +
+                       "kill -INT 0\nsleep 5\n")
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), HOOKQL_CLANG=str(fake))
+    p = subprocess.Popen(hookql_cmd() + ["run", "-e", f"on {TP} {{ count }}"], stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, text=True, env=env, start_new_session=True)
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 130, err
+    assert err == "" and out == ""
+    assert list((tmp_path / "cache" / "hookql" / "tmp").iterdir()) == []
+
+
+def test_what_clang_says_still_reaches_the_user(tmp_path):
+    fake = _fake_clang(tmp_path, 'cat >/dev/null\necho "error: the fake clang refuses" >&2\nexit 1\n')
+    env = dict(os.environ, XDG_CACHE_HOME=str(tmp_path / "cache"), HOOKQL_CLANG=str(fake))
+    r = subprocess.run(hookql_cmd() + ["run", "-e", f"on {TP} {{ count }}"], capture_output=True, text=True,
+                       env=env, timeout=120)
+    assert r.returncode == 1
+    assert "clang could not build the generated program" in r.stderr and "the fake clang refuses" in r.stderr
+    assert "Traceback" not in r.stderr
