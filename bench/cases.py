@@ -25,7 +25,7 @@ import xml.etree.ElementTree as ET
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-HOOKQL = [sys.executable, str(REPO / "bin" / "hookql")]
+HOOKQL = [str(Path(sys.executable).parent / "hookql")]  # the hookql of the venv running this
 
 
 def run(args: list[str], cache: str) -> tuple[float, dict[str, tuple[str, float]], str]:
