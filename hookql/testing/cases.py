@@ -321,8 +321,8 @@ def subject_tail(src: Source, lineno: int, text: str, col: int) -> tuple[int | N
     return at, key, bucket
 
 
-def _code(text: str, start: int):
-    """(index, character) of TEXT[start:] outside string literals, up to a # comment."""
+def _code(text: str, start: int, comments: tuple[str, ...] = ("#",)):
+    """(index, character) of TEXT[start:] outside string literals, up to a comment."""
     i, quote = start, False
     while i < len(text):
         ch = text[i]
@@ -333,7 +333,7 @@ def _code(text: str, start: int):
                 quote = False
         elif ch == '"':
             quote = True
-        elif ch == "#":
+        elif text.startswith(comments, i):
             return
         else:
             yield i, ch
@@ -579,24 +579,7 @@ def _statement(case: Case, line: _Line) -> None:
 # -- the file ----------------------------------------------------------------------------------
 def _brace_delta(text: str) -> int:
     """{ minus } in a line of HookQL, outside strings and comments."""
-    depth, i, quote = 0, 0, False
-    while i < len(text):
-        ch = text[i]
-        if quote:
-            if ch == "\\":
-                i += 1
-            elif ch == '"':
-                quote = False
-        elif ch == '"':
-            quote = True
-        elif ch == "#" or text.startswith("//", i):
-            break
-        elif ch == "{":
-            depth += 1
-        elif ch == "}":
-            depth -= 1
-        i += 1
-    return depth
+    return sum((ch == "{") - (ch == "}") for _, ch in _code(text, 0, ("#", "//")))
 
 
 def _first_word(text: str) -> str:
