@@ -12,7 +12,8 @@ under the Mozilla Public License 2.0 (its header says so).
 Run it after every change to grammar/hookql.lark (tests/test_parser.py checks that the module
 was made from the grammar as it is).  Lark's table building iterates sets of strings and of
 objects, so the tables are built with PYTHONHASHSEED=0 and then numbered canonically
-(_canonical): the same Lark and grammar always give the same file.  Two changes to Lark's output (_EDITS): no `import pickle` (the tables are plain literals; pickle
+(_canonical), and a pattern without a bound is written the same on every Python (_unbounded_widths):
+the same Lark and grammar always give the same file.  Two changes to Lark's output (_EDITS): no `import pickle` (the tables are plain literals; pickle
 is only for Lark's cache=True, never used here) and no `logging` (Lark's logger is silent).
 """
 from __future__ import annotations
@@ -66,6 +67,7 @@ def generate() -> str:
     text = GRAMMAR.read_text(encoding="utf-8")
     data, memo = lark.Lark(text, **OPTIONS).memo_serialize([TerminalDef, Rule])
     data["parser"]["parser"] = _canonical(data["parser"]["parser"])
+    _unbounded_widths(memo)
 
     class Built:  # what gen_standalone asks of a Lark
         def memo_serialize(self, types):
@@ -85,6 +87,19 @@ def generate() -> str:
             f"GRAMMAR_SHA256 = {grammar_sha256(text)!r}\n"
             f"LARK_VERSION = {lark.__version__!r}\n")
     return head + code + tail
+
+
+# A pattern's longest match when it has no bound: Python's sre says MAXREPEAT (2**32 - 1) up to 3.11.4 and
+# 2**64 after; both mean "no bound" to Lark.  Written as the former whatever Python runs this.
+UNBOUNDED = 2**32 - 1
+
+
+def _unbounded_widths(memo: dict) -> None:
+    """Every terminal pattern's `_width`, its upper bound written the same on every Python."""
+    for item in memo.values():
+        width = item.get("pattern", {}).get("_width") if isinstance(item, dict) else None
+        if width and width[1] >= UNBOUNDED:
+            width[1] = UNBOUNDED
 
 
 def _canonical(tables: dict) -> dict:
