@@ -89,8 +89,8 @@ def generate() -> str:
     return head + code + tail
 
 
-# A pattern's longest match when it has no bound: Python's sre says MAXREPEAT (2**32 - 1) up to 3.11.4 and
-# 2**64 after; both mean "no bound" to Lark.  Written as the former whatever Python runs this.
+# A pattern's longest match when it has no bound: Python's sre says MAXREPEAT (2**32 - 1) on 3.11.2 and
+# 2**64 on 3.11.7; both mean "no bound" to Lark.  Written as the former whatever Python runs this.
 UNBOUNDED = 2**32 - 1
 
 
