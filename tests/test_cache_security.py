@@ -389,3 +389,13 @@ def test_a_fifo_in_place_of_a_script_is_refused_not_waited_on(tmp_path, env):
     os.mkfifo(fifo)
     r = subprocess.run(hookql_cmd() + ["check", str(fifo)], capture_output=True, text=True, env=env, timeout=60)
     assert r.returncode == 1 and "not a regular file" in r.stderr, r.stderr
+
+
+def test_the_shipped_parser_cannot_unpickle_anything():
+    """grammar/lalr.py is Lark's standalone code, cache path and all; its `pickle` import is taken out
+    (tools/gen_parser.py), so even that path could not unpickle, and HookQL never asks for a cache."""
+    from hookql import lexer
+    from hookql.grammar import lalr
+
+    assert not hasattr(lalr, "pickle")
+    assert lexer.lark_parser().options.cache is False

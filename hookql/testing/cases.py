@@ -668,9 +668,9 @@ def _finish(case: Case, src: Source, lines: list[str], inline: set[int]) -> None
 MAX_SIZE = 4 << 20
 
 
-def read(path: Path) -> list[Case]:
-    """The cases of one file (read as text; nothing in it runs here): a regular file (a FIFO would hang the
-    open), at most 4 MiB; OSError or CaseError when not."""
+def read_regular(path: Path, limit: int | None = None) -> bytes:
+    """The bytes of a regular file, opened so that a FIFO or device put there cannot hang the open (as
+    hookql/cli.py _read_text reads a script); OSError when it is not one, or is larger than LIMIT."""
     import os
     import stat
 
@@ -678,9 +678,16 @@ def read(path: Path) -> list[Case]:
     with open(fd, "rb") as f:
         if not stat.S_ISREG(os.fstat(fd).st_mode):
             raise OSError(22, "not a regular file")
-        data = f.read(MAX_SIZE + 1)
-    if len(data) > MAX_SIZE:
-        raise OSError(27, f"larger than {MAX_SIZE >> 20} MiB")
+        data = f.read() if limit is None else f.read(limit + 1)
+    if limit is not None and len(data) > limit:
+        raise OSError(27, f"larger than {limit >> 20} MiB")
+    return data
+
+
+def read(path: Path) -> list[Case]:
+    """The cases of one file (read as text; nothing in it runs here): a regular file, at most 4 MiB;
+    OSError or CaseError when not."""
+    data = read_regular(path, MAX_SIZE)
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as exc:

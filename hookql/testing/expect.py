@@ -12,7 +12,7 @@ import re
 
 from hookql.runtime.escape import escape_text
 from hookql.testing.cases import WILD, Case, Expect
-from hookql.testing.plan import Planned
+from hookql.testing.plan import Planned, compare
 
 MAX_LISTED = 12
 
@@ -46,10 +46,6 @@ def key_text(key: tuple) -> str:
 
 def _row_key(row: dict, by: list[str]) -> tuple:
     return tuple(_text(row["key"][b]) for b in by)
-
-
-def _compare(a, op: str, b) -> bool:
-    return {"==": a == b, "!=": a != b, ">=": a >= b, "<=": a <= b, ">": a > b, "<": a < b}[op]
 
 
 def _find_row(rows: list[dict], by: list[str], key: tuple) -> dict | None:
@@ -160,7 +156,7 @@ def _agg_check(e: Expect, agg: dict, got: dict | None, script: str) -> list[str]
         have = 0
     else:
         have = row["value"]
-    if have is None or not _compare(have, e.op, e.value):
+    if have is None or not compare(have, e.op, e.value):
         extra = ""
         if e.key is not None and row is None and rows:
             extra = f" (no such row; rows: {', '.join(key_text(_row_key(r, by)) for r in rows[:MAX_LISTED])})"
@@ -174,7 +170,7 @@ def _emit_checks(case: Case, result: dict) -> list[str]:
     start, out = 0, []
     for e in case.expects:
         if e.kind == "emits":
-            if not _compare(len(lines), e.op, e.value):
+            if not compare(len(lines), e.op, e.value):
                 out.append(f"{_where(e)}: expected {e.op} {e.value} emitted events, got {len(lines)}")
             continue
         match = lambda l: re.search(e.value, l) if e.pattern else l == e.value  # noqa: E731
@@ -201,10 +197,11 @@ def _emit_checks(case: Case, result: dict) -> list[str]:
     return out
 
 
-def _workload_checks(case: Case, result: dict) -> list[str]:
-    out = []
+def _workload_checks(case: Case, result: dict) -> tuple[list[str], list[str]]:
+    """(the workloads' failures, notes on them that fail nothing)."""
+    out, notes = [], []
     if len(result["workloads"]) != len(case.workloads):
-        return [f"only {len(result['workloads'])} of the {len(case.workloads)} workloads ran"]
+        return [f"only {len(result['workloads'])} of the {len(case.workloads)} workloads ran"], notes
     for w, r in zip(case.workloads, result["workloads"]):
         where = f"{escape_text(w.span.source.name, backslash=False)}:{w.span.line}:{w.span.col}"
         cmd = escape_text(w.command)
@@ -227,14 +224,14 @@ def _workload_checks(case: Case, result: dict) -> list[str]:
                 out.append(f"{where}: the workload's {name} has nothing matching ~ \"{shown_pat}\": "
                            f"{escape_text(r[name].strip()[-400:]) or '(empty)'}")
         if r["left_running"] and not r["timed_out"]:
-            out.append(f"{where}: note: the workload left {r['left_running']} process(es) running; they were killed")
-    return out
+            notes.append(f"{where}: note: the workload left {r['left_running']} process(es) running; they were killed")
+    return out, notes
 
 
-def evaluate(p: Planned, result: dict) -> list[str]:
-    """Every failure of a case that ran; [] when it passed."""
+def evaluate(p: Planned, result: dict) -> tuple[list[str], list[str]]:
+    """(every failure of a case that ran, [] when it passed; notes that fail nothing)."""
     case = p.case
-    out = [m for m in _workload_checks(case, result) if ": note: " not in m]
+    out, notes = _workload_checks(case, result)
     if not case.allow_loss:
         out += [f"lost: {escape_text(m)} (write `allow loss` in the case if that is expected)" for m in result["lost"]]
     for e in case.expects:
@@ -244,15 +241,11 @@ def evaluate(p: Planned, result: dict) -> list[str]:
             out += [f"{_where(e)}: {fails[0]}", *fails[1:]] if fails else []
         elif e.kind == "denied":
             n = sum(d["denied"] + d["would_deny"] for d in result["denies"])
-            if not _compare(n, e.op, e.value):
+            if not compare(n, e.op, e.value):
                 out.append(f"{_where(e)}: expected {e.op} {e.value} events denied"
                            f"{'' if case.enforce else ' (would deny: no `enforce`)'}, got {n}")
     out += _emit_checks(case, result)
-    return out
-
-
-def notes(p: Planned, result: dict) -> list[str]:
-    return [m for m in _workload_checks(p.case, result) if ": note: " in m]
+    return out, notes
 
 
 # -- golden files ------------------------------------------------------------------------------

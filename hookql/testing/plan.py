@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from hookql.diagnostics import Diagnostic
-from hookql.testing.cases import SUFFIX, WILD, Case, CaseError, Expect, normalise, read
+from hookql.testing.cases import SUFFIX, WILD, Case, CaseError, Expect, normalise, read, read_regular
 
 SKIP_DIRS = {".git", ".hookql", ".venv", "node_modules", "__pycache__"}
 
@@ -107,7 +107,8 @@ def _version(text: str) -> tuple[int, ...]:
     return tuple(int(x) for x in re.findall(r"\d+", text.split("-")[0])[:3])
 
 
-def _compare(a, op: str, b) -> bool:
+def compare(a, op: str, b) -> bool:
+    """a OP b, for the comparisons a case writes (== != >= <= > <)."""
     return {"==": a == b, "!=": a != b, ">=": a >= b, "<=": a <= b, ">": a > b, "<": a < b}[op]
 
 
@@ -119,7 +120,7 @@ def unmet(case: Case, target: Target) -> str | None:
     for r in case.requires:
         if r.kind == "kernel":
             have, want = _version(target.release), _version(r.value)
-            if not _compare(have[:len(want)], r.op, want):
+            if not compare(have[:len(want)], r.op, want):
                 return f"needs kernel {r.op} {r.value}; this is {target.release}"
         elif r.kind == "arch" and r.value != target.arch:
             return f"needs the {r.value} architecture; this is {target.arch}"
@@ -150,11 +151,7 @@ def script_source(case: Case):
     except OSError:
         pass  # it cannot be read: said below
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)  # a FIFO there would hang a plain open
-        with open(fd, encoding="utf-8") as f:
-            if not os.path.isfile(f"/proc/self/fd/{fd}"):
-                raise IsADirectoryError(21, "not a regular file")
-            text = f.read()
+        text = read_regular(path).decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or str(exc)
         hint = ('name it with script "PATH", or write the clauses in the case' if case.script_span is None

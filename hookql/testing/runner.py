@@ -224,12 +224,12 @@ def _judge(p: Planned, r: dict, opts: Options, console: Console) -> Outcome:
     elif r["status"] == "error":
         o.status, o.details = "error", [X.escape_text(r["reason"], backslash=False)]
     else:
-        o.details = X.evaluate(p, r)
+        o.details, notes = X.evaluate(p, r)
         if case.golden:
             o.details += _golden(p, r, opts, o, others_failed=bool(o.details))
         o.status = "fail" if o.details else "pass"
         if opts.verbose:
-            o.details += X.notes(p, r)
+            o.details += notes
     console.line(o)
     return o
 
